@@ -1,0 +1,121 @@
+//! Calibration activations, the input of Hessian accumulation.
+
+use half::{bf16, f16};
+use ndarray::ArrayView2;
+
+/// A `[tokens, columns]` matrix of a linear layer's inputs, in the precision the model runs in.
+#[derive(Debug, Clone, Copy)]
+pub enum ActivationData<'a> {
+    /// 32-bit floats.
+    F32(ArrayView2<'a, f32>),
+    /// IEEE half precision.
+    F16(ArrayView2<'a, f16>),
+    /// bfloat16.
+    BF16(ArrayView2<'a, bf16>),
+}
+
+impl ActivationData<'_> {
+    /// `(tokens, columns)`.
+    pub fn dim(&self) -> (usize, usize) {
+        match self {
+            ActivationData::F32(x) => x.dim(),
+            ActivationData::F16(x) => x.dim(),
+            ActivationData::BF16(x) => x.dim(),
+        }
+    }
+}
+
+impl<'a> From<ArrayView2<'a, f32>> for ActivationData<'a> {
+    fn from(x: ArrayView2<'a, f32>) -> Self {
+        ActivationData::F32(x)
+    }
+}
+impl<'a> From<ArrayView2<'a, f16>> for ActivationData<'a> {
+    fn from(x: ArrayView2<'a, f16>) -> Self {
+        ActivationData::F16(x)
+    }
+}
+impl<'a> From<ArrayView2<'a, bf16>> for ActivationData<'a> {
+    fn from(x: ArrayView2<'a, bf16>) -> Self {
+        ActivationData::BF16(x)
+    }
+}
+
+/// One batch for a Hessian accumulator: the tokens of `sequences` sequences, optionally with a
+/// mask that drops padding tokens.
+///
+/// The Hessian follows the reference's running mean over sequences, `H = (2/N) Σ x xᵀ` where N
+/// counts sequences (not tokens), so say how many sequences the tokens came from.
+///
+/// ```
+/// use gptq_core::ActivationBatch;
+/// use ndarray::Array2;
+/// let x = Array2::<f32>::zeros((6, 4)); // two sequences of three tokens
+/// let mask = [true, true, false, true, true, true];
+/// let batch = ActivationBatch::new(x.view()).sequences(2).mask(&mask);
+/// assert_eq!(batch.tokens(), 6);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ActivationBatch<'a> {
+    data: ActivationData<'a>,
+    sequences: usize,
+    mask: Option<&'a [bool]>,
+}
+
+impl<'a> ActivationBatch<'a> {
+    /// A batch of one sequence with every token kept.
+    pub fn new(data: impl Into<ActivationData<'a>>) -> Self {
+        ActivationBatch {
+            data: data.into(),
+            sequences: 1,
+            mask: None,
+        }
+    }
+    /// Sets how many sequences the tokens belong to.
+    pub fn sequences(mut self, sequences: usize) -> Self {
+        self.sequences = sequences;
+        self
+    }
+    /// Keeps only the tokens whose mask entry is `true` (one entry per token).
+    pub fn mask(mut self, mask: &'a [bool]) -> Self {
+        self.mask = Some(mask);
+        self
+    }
+    /// The activations.
+    pub fn data(&self) -> ActivationData<'a> {
+        self.data
+    }
+    /// Number of sequences.
+    pub fn sequence_count(&self) -> usize {
+        self.sequences
+    }
+    /// The token mask, if any.
+    pub fn token_mask(&self) -> Option<&'a [bool]> {
+        self.mask
+    }
+    /// Number of token rows (kept or not).
+    pub fn tokens(&self) -> usize {
+        self.data.dim().0
+    }
+    /// Number of input columns.
+    pub fn columns(&self) -> usize {
+        self.data.dim().1
+    }
+}
+
+/// Precision of the Hessian sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HessianPrecision {
+    /// Products and sums in f64: immune to the rounding of long sums over many tokens.
+    #[default]
+    F64,
+    /// Products and sums in f32, as the reference; half the memory.
+    F32,
+}
+
+/// Options of a Hessian accumulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HessianOptions {
+    /// Precision of the running sum.
+    pub precision: HessianPrecision,
+}

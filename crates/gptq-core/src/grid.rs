@@ -1,0 +1,99 @@
+//! Quantization grids: how a group of weights gets its scale and zero point.
+//!
+//! The GPTQ checkpoint format is affine: a weight `w` is stored as an integer code
+//! `q = clamp(round(w / scale) + zero, 0, 2^bits - 1)` and read back as `scale · (q - zero)`.
+//! A [`QuantGrid`] decides `scale` and `zero` for each group of one row; [`quantize_value`]
+//! and [`dequantize_code`] are the fixed affine maps every grid shares.
+
+use crate::config::{ClipSearch, QuantConfig};
+
+/// Scale and zero point of one group of one output row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupParams {
+    /// Step between adjacent codes.
+    pub scale: f32,
+    /// The code that represents 0.
+    pub zero: u16,
+}
+
+/// Decides the affine grid of each group.
+///
+/// Implementations must be deterministic (the same weights give the same parameters) and
+/// return a positive, finite scale for any finite input, so that every code is usable.
+pub trait QuantGrid: Send + Sync {
+    /// Bits per code, 2..=8.
+    fn bits(&self) -> u8;
+
+    /// Fits the grid to the weights of one group of one row.
+    fn fit(&self, weights: &[f32]) -> GroupParams;
+
+    /// A plain description a device backend can lower to its own kernel. Grids that only run on
+    /// the CPU return `None`, and device backends report them as unsupported.
+    fn spec(&self) -> Option<GridSpec> {
+        None
+    }
+
+    /// The largest code, `2^bits - 1`.
+    fn max_code(&self) -> u16 {
+        (1u16 << self.bits()) - 1
+    }
+}
+
+/// Data-only description of the built-in grids, for backends that cannot run Rust closures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum GridSpec {
+    /// Min–max grid including 0, as the reference's `Quantizer` (see `gptq_quant::MinMaxGrid`).
+    MinMax {
+        /// Bits per code.
+        bits: u8,
+        /// Symmetric grid (zero fixed at `(max_code + 1) / 2`).
+        symmetric: bool,
+        /// Optional clipping search.
+        clip_search: Option<ClipSearch>,
+    },
+}
+
+impl GridSpec {
+    /// The min–max grid a configuration asks for.
+    pub fn from_config(config: &QuantConfig) -> Self {
+        GridSpec::MinMax {
+            bits: config.bits(),
+            symmetric: config.symmetric(),
+            clip_search: config.clip_search(),
+        }
+    }
+}
+
+/// The code of `x`: `clamp(round_half_even(x / scale) + zero, 0, max_code)`, in f32 exactly as the
+/// reference computes it.
+#[inline]
+pub fn quantize_value(x: f32, params: GroupParams, max_code: u16) -> u8 {
+    let q = (x / params.scale).round_ties_even() + params.zero as f32;
+    q.clamp(0.0, max_code as f32) as u8
+}
+
+/// The value of `code`: `scale · (code - zero)`.
+#[inline]
+pub fn dequantize_code(code: u8, params: GroupParams) -> f32 {
+    params.scale * (code as f32 - params.zero as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn affine_maps_round_half_to_even_and_clamp() {
+        let p = GroupParams {
+            scale: 0.5,
+            zero: 8,
+        };
+        assert_eq!(quantize_value(0.25, p, 15), 8); // 0.5 rounds to 0
+        assert_eq!(quantize_value(0.75, p, 15), 10); // 1.5 rounds to 2
+        assert_eq!(quantize_value(100.0, p, 15), 15);
+        assert_eq!(quantize_value(-100.0, p, 15), 0);
+        assert_eq!(dequantize_code(10, p), 1.0);
+        assert_eq!(dequantize_code(0, p), -4.0);
+    }
+}

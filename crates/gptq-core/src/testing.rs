@@ -1,0 +1,145 @@
+//! Property-testing support for grids and anything built on gptq-core (feature `testing`).
+//!
+//! Strategies generate configurations and weight matrices; the `check_*` functions state the
+//! properties every [`QuantGrid`] must have, so a downstream grid is tested with one line:
+//!
+//! ```
+//! use gptq_core::testing::{check_grid_round_trip, weight_rows};
+//! use gptq_core::{GroupParams, QuantGrid};
+//! use proptest::prelude::*;
+//!
+//! /// A toy grid: 4 bits, zero at 8, scale from the largest magnitude.
+//! struct AbsMax;
+//! impl QuantGrid for AbsMax {
+//!     fn bits(&self) -> u8 { 4 }
+//!     fn fit(&self, w: &[f32]) -> GroupParams {
+//!         let m = w.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-8);
+//!         GroupParams { scale: m / 7.0, zero: 8 }
+//!     }
+//! }
+//!
+//! proptest!(|(row in weight_rows(1..64))| {
+//!     check_grid_round_trip(&AbsMax, &row)?;
+//! });
+//! ```
+
+use ndarray::Array2;
+use proptest::prelude::*;
+use proptest::test_runner::TestCaseError;
+
+use crate::config::{ClipSearch, GroupSize, QuantConfig};
+use crate::grid::{QuantGrid, dequantize_code, quantize_value};
+
+/// Finite weights of one row, of a length in `len`, with magnitudes from 1e-3 to 10.
+pub fn weight_rows(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<f32>> {
+    let scale = prop_oneof![Just(1e-3f32), Just(0.05f32), Just(1.0f32), Just(10.0f32)];
+    (scale, proptest::collection::vec(-1.0f32..1.0, len))
+        .prop_map(|(s, v)| v.into_iter().map(|x| x * s).collect())
+}
+
+/// A `rows × columns` matrix of finite weights (standard-normal-like values, scaled).
+pub fn weight_matrix(rows: usize, columns: usize) -> impl Strategy<Value = Array2<f32>> {
+    (any::<u64>(), prop_oneof![Just(0.02f32), Just(1.0f32)])
+        .prop_map(move |(seed, s)| seeded_matrix(rows, columns, seed, s))
+}
+
+/// A deterministic pseudo-random `rows × columns` matrix with entries of magnitude about `scale`
+/// (sum of uniforms, roughly Gaussian); the same seed always gives the same matrix.
+pub fn seeded_matrix(rows: usize, columns: usize, seed: u64, scale: f32) -> Array2<f32> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut uniform = move || {
+        // xorshift64*: small, fast, good enough for test data.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        (state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as f32 / (1u64 << 24) as f32
+    };
+    Array2::from_shape_fn((rows, columns), |_| {
+        let s: f32 = (0..4).map(|_| uniform()).sum();
+        (s - 2.0) * 1.7 * scale
+    })
+}
+
+/// Any valid configuration (bits 2..=8, per-channel or groups of 8..=64, sym or asym, act-order,
+/// static groups, damping, blocks of 8..=128, with or without clipping search).
+pub fn quant_configs() -> impl Strategy<Value = QuantConfig> {
+    (
+        2u8..=8,
+        prop_oneof![Just(GroupSize::PerChannel), (8usize..=64).prop_map(GroupSize::Columns)],
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        prop_oneof![Just(0.01f64), Just(0.1f64)],
+        prop_oneof![Just(8usize), Just(32usize), Just(128usize)],
+        any::<bool>(),
+    )
+        .prop_map(|(bits, group, sym, act, stat, damp, block, clip)| {
+            QuantConfig::builder()
+                .bits(bits)
+                .group_size(group)
+                .symmetric(sym)
+                .act_order(act)
+                .static_groups(stat && group != GroupSize::PerChannel)
+                .damp_percent(damp)
+                .block_size(block)
+                .clip_search(clip.then(ClipSearch::default))
+                .build()
+                .expect("the strategy only builds valid configurations")
+        })
+}
+
+/// Every value inside the fitted grid's range dequantizes to within half a step of itself.
+pub fn check_grid_round_trip<G: QuantGrid + ?Sized>(
+    grid: &G,
+    weights: &[f32],
+) -> Result<(), TestCaseError> {
+    let params = grid.fit(weights);
+    let max = grid.max_code();
+    prop_assert!(
+        params.scale.is_finite() && params.scale > 0.0,
+        "scale {} must be positive and finite",
+        params.scale
+    );
+    prop_assert!(params.zero <= max + 1, "zero {} beyond {}", params.zero, max + 1);
+    let low = dequantize_code(0, params);
+    let high = dequantize_code(max as u8, params);
+    // Half a step, plus the rounding of x / scale and of the product scale · (q - zero).
+    let tolerance = params.scale * 0.5 * (1.0 + 1e-5) + 4.0 * f32::EPSILON * low.abs().max(high.abs());
+    for &x in weights.iter().filter(|x| (low..=high).contains(*x)) {
+        let back = dequantize_code(quantize_value(x, params, max), params);
+        prop_assert!(
+            (back - x).abs() <= tolerance,
+            "{x} came back as {back}, more than half a step ({}) away",
+            params.scale / 2.0
+        );
+    }
+    Ok(())
+}
+
+/// Quantizing a dequantized value gives the same code back: dequantize∘quantize is idempotent.
+pub fn check_grid_idempotent<G: QuantGrid + ?Sized>(
+    grid: &G,
+    weights: &[f32],
+) -> Result<(), TestCaseError> {
+    let params = grid.fit(weights);
+    let max = grid.max_code();
+    for &x in weights {
+        let code = quantize_value(x, params, max);
+        let value = dequantize_code(code, params);
+        prop_assert_eq!(quantize_value(value, params, max), code, "x = {}", x);
+        let again = dequantize_code(quantize_value(value, params, max), params);
+        prop_assert_eq!(again.to_bits(), value.to_bits());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_matrices_repeat() {
+        assert_eq!(seeded_matrix(3, 5, 7, 1.0), seeded_matrix(3, 5, 7, 1.0));
+        assert_ne!(seeded_matrix(3, 5, 7, 1.0), seeded_matrix(3, 5, 8, 1.0));
+    }
+}
