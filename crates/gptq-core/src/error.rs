@@ -131,6 +131,12 @@ impl fmt::Display for Position {
 pub type Result<T, E = GptqError> = std::result::Result<T, E>;
 
 /// Formats a 2-D shape as `[rows, columns]`.
-pub fn shape2(rows: usize, columns: usize) -> String {
-    format!("[{rows}, {columns}]")
+pub(crate) fn shape2(rows: usize, columns: usize) -> String {
+    shape_string(&[rows, columns])
+}
+
+/// Formats a shape as `[d0, d1, ...]` for error messages.
+pub fn shape_string(dims: &[usize]) -> String {
+    let parts: Vec<String> = dims.iter().map(usize::to_string).collect();
+    format!("[{}]", parts.join(", "))
 }

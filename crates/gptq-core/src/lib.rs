@@ -30,7 +30,7 @@ pub use backend::{
     HessianAccumulator, ParamTable, SolvePlan, SolveTimings,
 };
 pub use config::{ClipSearch, GroupSize, QuantConfig, QuantConfigBuilder};
-pub use error::{GptqError, Position, Result};
+pub use error::{GptqError, Position, Result, shape_string};
 pub use grid::{GridSpec, GroupParams, QuantGrid, dequantize_code, quantize_value};
 pub use tensor::QuantizedTensor;
 

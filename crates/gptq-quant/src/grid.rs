@@ -1,0 +1,231 @@
+//! The min–max grid of the reference implementation.
+
+use std::ops::Range;
+
+use gptq_core::{
+    ClipSearch, GptqError, GridSpec, GroupParams, ParamTable, QuantConfig, QuantGrid, Result,
+    dequantize_code, quantize_value,
+};
+use ndarray::ArrayView2;
+
+/// The reference's `Quantizer`: a grid spanning `[min(w, 0), max(w, 0)]`, asymmetric (zero point
+/// fitted) or symmetric (range `±max|w|`, zero point `(max_code + 1) / 2`), optionally shrunk by
+/// the clipping search. Every step is computed in f32 as the reference does, so fits agree bit
+/// for bit.
+///
+/// ```
+/// use gptq_core::QuantGrid;
+/// use gptq_quant::MinMaxGrid;
+/// let grid = MinMaxGrid::new(4, false)?;
+/// let params = grid.fit(&[-1.0, 0.5, 2.0]);
+/// assert_eq!(params.scale, 0.2);
+/// assert_eq!(params.zero, 5);
+/// # Ok::<(), gptq_core::GptqError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MinMaxGrid {
+    bits: u8,
+    symmetric: bool,
+    clip_search: Option<ClipSearch>,
+}
+
+impl MinMaxGrid {
+    /// A plain min–max grid; `bits` must be 2..=8.
+    pub fn new(bits: u8, symmetric: bool) -> Result<Self> {
+        if !(2..=8).contains(&bits) {
+            return Err(GptqError::InvalidConfig(format!(
+                "bits must be between 2 and 8, got {bits}"
+            )));
+        }
+        Ok(MinMaxGrid {
+            bits,
+            symmetric,
+            clip_search: None,
+        })
+    }
+
+    /// The grid a (validated) configuration describes.
+    pub fn from_config(config: &QuantConfig) -> Self {
+        MinMaxGrid {
+            bits: config.bits(),
+            symmetric: config.symmetric(),
+            clip_search: config.clip_search(),
+        }
+    }
+
+    /// Adds the clipping search.
+    pub fn with_clip_search(mut self, clip: ClipSearch) -> Self {
+        self.clip_search = Some(clip);
+        self
+    }
+
+    /// Whether the grid is symmetric.
+    pub fn symmetric(&self) -> bool {
+        self.symmetric
+    }
+
+    fn min_max_params(&self, xmin: f32, xmax: f32) -> GroupParams {
+        let max_code = self.max_code();
+        let maxq = max_code as f32;
+        let mut scale = (xmax - xmin) / maxq;
+        if !scale.is_finite() {
+            // The range overflowed f32 (|w| near f32::MAX): divide first.
+            scale = xmax / maxq - xmin / maxq;
+        }
+        let zero = if self.symmetric {
+            max_code.div_ceil(2)
+        } else {
+            ((-xmin / scale).round_ties_even().clamp(0.0, maxq)) as u16
+        };
+        GroupParams { scale, zero }
+    }
+
+    /// The reference's clipping search: shrink the range by `p = 1 - i/grid`, keep the fit with
+    /// the smallest `Σ |q(x) - x|^norm` (first one on ties).
+    fn clip(&self, clip: &ClipSearch, weights: &[f32], xmin: f32, xmax: f32) -> GroupParams {
+        let max_code = self.max_code();
+        let mut best = self.min_max_params(xmin, xmax);
+        let mut best_err = f64::INFINITY;
+        for i in 0..clip.steps() {
+            let p = (1.0 - f64::from(i) / f64::from(clip.grid)) as f32;
+            let params = self.min_max_params(p * xmin, p * xmax);
+            if !(params.scale > 0.0) {
+                continue;
+            }
+            let err: f64 = weights
+                .iter()
+                .map(|&x| {
+                    let q = dequantize_code(quantize_value(x, params, max_code), params);
+                    f64::from((q - x).abs()).powf(f64::from(clip.norm))
+                })
+                .sum();
+            if err < best_err {
+                best_err = err;
+                best = params;
+            }
+        }
+        best
+    }
+}
+
+impl QuantGrid for MinMaxGrid {
+    fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    fn fit(&self, weights: &[f32]) -> GroupParams {
+        let (lo, hi) = weights
+            .iter()
+            .fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let (mut xmin, mut xmax) = (lo, hi);
+        if self.symmetric {
+            xmax = xmax.max(xmin.abs());
+            if xmin < 0.0 {
+                xmin = -xmax;
+            }
+        }
+        if !(self.min_max_params(xmin, xmax).scale > 0.0) {
+            // All zeros (or so tiny the step underflows): any grid containing 0 is exact.
+            xmin = -1.0;
+            xmax = 1.0;
+        }
+        match &self.clip_search {
+            None => self.min_max_params(xmin, xmax),
+            Some(clip) => self.clip(clip, weights, xmin, xmax),
+        }
+    }
+
+    fn spec(&self) -> Option<GridSpec> {
+        Some(GridSpec::MinMax {
+            bits: self.bits,
+            symmetric: self.symmetric,
+            clip_search: self.clip_search,
+        })
+    }
+}
+
+/// Fits `grid` to each group of columns of every row of `weights` (`[rows, columns]`): slot `s`
+/// of the returned table covers columns `groups[s]`.
+pub fn fit_table<G: QuantGrid + ?Sized>(
+    grid: &G,
+    weights: ArrayView2<'_, f32>,
+    groups: &[Range<usize>],
+) -> ParamTable {
+    let mut table = ParamTable::zeroed(groups.len(), weights.nrows());
+    let mut buffer = Vec::new();
+    for (row, w) in weights.rows().into_iter().enumerate() {
+        for (slot, range) in groups.iter().enumerate() {
+            buffer.clear();
+            buffer.extend(w.slice(ndarray::s![range.clone()]).iter().copied());
+            table.set(slot, row, grid.fit(&buffer));
+        }
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gptq_core::testing::{check_grid_idempotent, check_grid_round_trip, weight_rows};
+    use proptest::prelude::*;
+
+    #[test]
+    fn symmetric_grid_mirrors_the_largest_magnitude() {
+        let grid = MinMaxGrid::new(4, true).unwrap();
+        let p = grid.fit(&[-0.5, 3.0]);
+        assert_eq!(p.zero, 8);
+        assert_eq!(p.scale, 6.0 / 15.0);
+        // The reference keeps xmin = 0 when no weight is negative.
+        let p = grid.fit(&[0.0, 1.5]);
+        assert_eq!(p.scale, 0.1);
+    }
+
+    #[test]
+    fn degenerate_groups_get_a_usable_grid() {
+        for symmetric in [false, true] {
+            let grid = MinMaxGrid::new(3, symmetric).unwrap();
+            for w in [vec![0.0; 4], vec![1e-45, -1e-45], vec![1e37, -1e37]] {
+                let p = grid.fit(&w);
+                assert!(p.scale.is_finite() && p.scale > 0.0, "{w:?} -> {p:?}");
+                assert!(p.zero <= 7);
+                for x in w {
+                    let back = dequantize_code(quantize_value(x, p, 7), p);
+                    assert!(back.is_finite());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn clipping_never_fits_worse_than_plain_min_max() {
+        let mut w: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 31.5) / 32.0).collect();
+        w[5] = 1.6; // a mild outlier worth clipping
+        for symmetric in [false, true] {
+            let plain = MinMaxGrid::new(3, symmetric).unwrap();
+            let clipped = plain.with_clip_search(ClipSearch::default());
+            let err = |p: GroupParams| -> f64 {
+                w.iter()
+                    .map(|&x| {
+                        let q = dequantize_code(quantize_value(x, p, 7), p);
+                        f64::from((q - x).abs()).powf(2.4)
+                    })
+                    .sum()
+            };
+            assert!(err(clipped.fit(&w)) < err(plain.fit(&w)), "symmetric: {symmetric}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_grid_round_trips_within_half_a_step(
+            row in weight_rows(1..200), bits in 2u8..=8, symmetric: bool, clip: bool,
+        ) {
+            let mut grid = MinMaxGrid::new(bits, symmetric).unwrap();
+            if clip {
+                grid = grid.with_clip_search(ClipSearch::default());
+            }
+            check_grid_round_trip(&grid, &row)?;
+            check_grid_idempotent(&grid, &row)?;
+        }
+    }
+}
