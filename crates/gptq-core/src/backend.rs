@@ -311,6 +311,48 @@ pub trait Backend: Send + Sync {
     fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64>;
 }
 
+/// A shared reference to a backend is a backend, so one backend value can serve many solvers.
+impl<B: Backend> Backend for &B {
+    type Hessian = B::Hessian;
+    type Accumulator = B::Accumulator;
+    type Factor = B::Factor;
+
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn accumulator(&self, columns: usize, options: HessianOptions) -> Result<Self::Accumulator> {
+        (**self).accumulator(columns, options)
+    }
+    fn hessian_from_host(&self, hessian: ArrayView2<'_, f64>) -> Result<Self::Hessian> {
+        (**self).hessian_from_host(hessian)
+    }
+    fn hessian_to_host(&self, hessian: &Self::Hessian) -> Result<Array2<f64>> {
+        (**self).hessian_to_host(hessian)
+    }
+    fn hessian_diagonal(&self, hessian: &Self::Hessian) -> Result<Vec<f64>> {
+        (**self).hessian_diagonal(hessian)
+    }
+    fn inverse_factor(
+        &self,
+        hessian: &Self::Hessian,
+        request: &FactorRequest<'_>,
+    ) -> Result<(Self::Factor, Damping)> {
+        (**self).inverse_factor(hessian, request)
+    }
+    fn blocked_solve<G: QuantGrid + ?Sized>(
+        &self,
+        weights: ArrayView2<'_, f32>,
+        factor: &Self::Factor,
+        plan: &SolvePlan,
+        grid: &G,
+    ) -> Result<BlockSolution> {
+        (**self).blocked_solve(weights, factor, plan, grid)
+    }
+    fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64> {
+        (**self).quadratic_loss(hessian, delta)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
