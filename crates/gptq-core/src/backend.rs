@@ -16,7 +16,7 @@ use ndarray::{Array2, ArrayView2};
 
 use crate::activations::{ActivationBatch, HessianOptions};
 use crate::error::{GptqError, Result, shape2};
-use crate::grid::{GroupParams, QuantGrid};
+use crate::grid::{GroupParams, QuantGrid, RangeSearch};
 
 /// Streams calibration batches into a Hessian.
 pub trait HessianAccumulator: Send {
@@ -159,6 +159,8 @@ pub enum GroupPlan {
         group_size: usize,
         /// Which weights the fit sees.
         fit_from: FitSource,
+        /// Fit with this search, weighting column `j` by `1 / U_jj²`; plain fit when `None`.
+        search: Option<RangeSearch>,
     },
 }
 
@@ -283,6 +285,9 @@ pub trait Backend: Send + Sync {
     /// Moves a host Hessian (symmetric, `columns × columns`) to the backend.
     fn hessian_from_host(&self, hessian: ArrayView2<'_, f64>) -> Result<Self::Hessian>;
 
+    /// The diagonal of an inverse factor (`U_kk`, quantization order), on the host.
+    fn factor_diagonal(&self, factor: &Self::Factor) -> Result<Vec<f32>>;
+
     /// Copies a Hessian back to the host.
     fn hessian_to_host(&self, hessian: &Self::Hessian) -> Result<Array2<f64>>;
 
@@ -332,6 +337,9 @@ impl<B: Backend> Backend for &B {
     fn hessian_diagonal(&self, hessian: &Self::Hessian) -> Result<Vec<f64>> {
         (**self).hessian_diagonal(hessian)
     }
+    fn factor_diagonal(&self, factor: &Self::Factor) -> Result<Vec<f32>> {
+        (**self).factor_diagonal(factor)
+    }
     fn inverse_factor(
         &self,
         hessian: &Self::Hessian,
@@ -378,6 +386,7 @@ mod tests {
         let dynamic = GroupPlan::Dynamic {
             group_size: 4,
             fit_from: FitSource::Current,
+            search: None,
         };
         let good = SolvePlan {
             blocks: vec![0..4, 4..6],

@@ -311,7 +311,10 @@ mod tests {
                 .build(),
         ];
         for result in bad {
-            assert!(matches!(result, Err(GptqError::InvalidConfig(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(GptqError::InvalidConfig(_))),
+                "{result:?}"
+            );
         }
     }
 
@@ -329,7 +332,10 @@ mod tests {
     #[test]
     fn reference_group_encoding_round_trips() {
         for g in [GroupSize::PerChannel, GroupSize::Columns(32)] {
-            assert_eq!(GroupSize::from_reference_int(g.as_reference_int()).unwrap(), g);
+            assert_eq!(
+                GroupSize::from_reference_int(g.as_reference_int()).unwrap(),
+                g
+            );
         }
         assert!(GroupSize::from_reference_int(0).is_err());
         assert_eq!(GroupSize::Columns(128).groups(300), 3);

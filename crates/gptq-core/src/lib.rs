@@ -31,7 +31,9 @@ pub use backend::{
 };
 pub use config::{ClipSearch, GroupSize, QuantConfig, QuantConfigBuilder};
 pub use error::{GptqError, Position, Result, shape_string};
-pub use grid::{GridSpec, GroupParams, QuantGrid, dequantize_code, quantize_value};
+pub use grid::{
+    GridSpec, GroupParams, QuantGrid, RangeSearch, dequantize_code, fit_searched, quantize_value,
+};
 pub use tensor::QuantizedTensor;
 
 /// Re-exported so downstream crates name the same versions.

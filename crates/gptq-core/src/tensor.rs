@@ -205,13 +205,62 @@ mod tests {
         let scales = q.scales.clone();
         let zeros = q.zeros.clone();
         let cases = [
-            QuantizedTensor::new(2, codes.clone(), scales.clone(), zeros.clone(), vec![0, 0, 2, 1], None),
-            QuantizedTensor::new(2, codes.clone(), scales.clone(), zeros.clone(), vec![0, 0], None),
-            QuantizedTensor::new(1, codes.clone(), scales.clone(), zeros.clone(), vec![0; 4], None),
-            QuantizedTensor::new(2, codes.clone(), array![[f32::NAN, 1.0], [1.0, 1.0]], zeros.clone(), vec![0; 4], None),
-            QuantizedTensor::new(2, array![[4, 0, 0, 0], [0, 0, 0, 0]], scales.clone(), zeros.clone(), vec![0; 4], None),
-            QuantizedTensor::new(2, codes.clone(), scales.clone(), zeros.clone(), vec![0; 4], Some(vec![0, 1, 1, 3])),
-            QuantizedTensor::new(2, codes, scales.clone(), array![[5, 0], [0, 0]], vec![0; 4], None),
+            QuantizedTensor::new(
+                2,
+                codes.clone(),
+                scales.clone(),
+                zeros.clone(),
+                vec![0, 0, 2, 1],
+                None,
+            ),
+            QuantizedTensor::new(
+                2,
+                codes.clone(),
+                scales.clone(),
+                zeros.clone(),
+                vec![0, 0],
+                None,
+            ),
+            QuantizedTensor::new(
+                1,
+                codes.clone(),
+                scales.clone(),
+                zeros.clone(),
+                vec![0; 4],
+                None,
+            ),
+            QuantizedTensor::new(
+                2,
+                codes.clone(),
+                array![[f32::NAN, 1.0], [1.0, 1.0]],
+                zeros.clone(),
+                vec![0; 4],
+                None,
+            ),
+            QuantizedTensor::new(
+                2,
+                array![[4, 0, 0, 0], [0, 0, 0, 0]],
+                scales.clone(),
+                zeros.clone(),
+                vec![0; 4],
+                None,
+            ),
+            QuantizedTensor::new(
+                2,
+                codes.clone(),
+                scales.clone(),
+                zeros.clone(),
+                vec![0; 4],
+                Some(vec![0, 1, 1, 3]),
+            ),
+            QuantizedTensor::new(
+                2,
+                codes,
+                scales.clone(),
+                array![[5, 0], [0, 0]],
+                vec![0; 4],
+                None,
+            ),
         ];
         for case in cases {
             assert!(case.is_err());

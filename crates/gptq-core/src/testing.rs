@@ -65,7 +65,10 @@ pub fn seeded_matrix(rows: usize, columns: usize, seed: u64, scale: f32) -> Arra
 pub fn quant_configs() -> impl Strategy<Value = QuantConfig> {
     (
         2u8..=8,
-        prop_oneof![Just(GroupSize::PerChannel), (8usize..=64).prop_map(GroupSize::Columns)],
+        prop_oneof![
+            Just(GroupSize::PerChannel),
+            (8usize..=64).prop_map(GroupSize::Columns)
+        ],
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
@@ -100,11 +103,17 @@ pub fn check_grid_round_trip<G: QuantGrid + ?Sized>(
         "scale {} must be positive and finite",
         params.scale
     );
-    prop_assert!(params.zero <= max + 1, "zero {} beyond {}", params.zero, max + 1);
+    prop_assert!(
+        params.zero <= max + 1,
+        "zero {} beyond {}",
+        params.zero,
+        max + 1
+    );
     let low = dequantize_code(0, params);
     let high = dequantize_code(max as u8, params);
     // Half a step, plus the rounding of x / scale and of the product scale · (q - zero).
-    let tolerance = params.scale * 0.5 * (1.0 + 1e-5) + 4.0 * f32::EPSILON * low.abs().max(high.abs());
+    let tolerance =
+        params.scale * 0.5 * (1.0 + 1e-5) + 4.0 * f32::EPSILON * low.abs().max(high.abs());
     for &x in weights.iter().filter(|x| (low..=high).contains(*x)) {
         let back = dequantize_code(quantize_value(x, params, max), params);
         prop_assert!(

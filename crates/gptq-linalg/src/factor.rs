@@ -102,7 +102,11 @@ fn reversed_order(n: usize, request: &FactorRequest<'_>) -> Result<Vec<usize>> {
         None => (0..n).collect(),
         Some(p) => {
             let mut seen = vec![false; n];
-            if p.len() != n || !p.iter().all(|&c| c < n && !std::mem::replace(&mut seen[c], true)) {
+            if p.len() != n
+                || !p
+                    .iter()
+                    .all(|&c| c < n && !std::mem::replace(&mut seen[c], true))
+            {
                 return Err(GptqError::InvalidConfig(format!(
                     "the column permutation must hold each of 0..{n} exactly once"
                 )));

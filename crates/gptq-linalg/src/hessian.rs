@@ -136,9 +136,7 @@ impl CpuHessianAccumulator {
         }
         match batch.token_mask() {
             None => Ok((0..tokens).collect()),
-            Some(mask) if mask.len() == tokens => {
-                Ok((0..tokens).filter(|&t| mask[t]).collect())
-            }
+            Some(mask) if mask.len() == tokens => Ok((0..tokens).filter(|&t| mask[t]).collect()),
             Some(mask) => Err(GptqError::ShapeMismatch {
                 what: "token mask",
                 expected: format!("[{tokens}]"),

@@ -14,7 +14,11 @@ const ROW_CHUNK: usize = 512;
 ///
 /// Uses `H = S + diag(H) + Sᵀ` with `S` strictly lower: `d H dᵀ = 2 d S dᵀ + Σ H_ii d_i²`, so only
 /// half of `H` is multiplied.
-pub fn quadratic_loss(hessian: ArrayView2<'_, f64>, delta: ArrayView2<'_, f32>, par: Par) -> Result<f64> {
+pub fn quadratic_loss(
+    hessian: ArrayView2<'_, f64>,
+    delta: ArrayView2<'_, f32>,
+    par: Par,
+) -> Result<f64> {
     let n = hessian.nrows();
     check_square("Hessian", hessian, n)?;
     if delta.ncols() != n {

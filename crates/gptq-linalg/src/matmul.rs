@@ -14,10 +14,18 @@ pub fn sub_product(
     if a.nrows() != c.nrows() || b.ncols() != c.ncols() || a.ncols() != b.nrows() {
         return Err(GptqError::ShapeMismatch {
             what: "matrix product",
-            expected: format!("{} = {} · {}", shape_string(&[c.nrows(), c.ncols()]),
-                shape_string(&[c.nrows(), a.ncols()]), shape_string(&[a.ncols(), c.ncols()])),
-            actual: format!("{} = {} · {}", shape_string(&[c.nrows(), c.ncols()]),
-                shape_string(&[a.nrows(), a.ncols()]), shape_string(&[b.nrows(), b.ncols()])),
+            expected: format!(
+                "{} = {} · {}",
+                shape_string(&[c.nrows(), c.ncols()]),
+                shape_string(&[c.nrows(), a.ncols()]),
+                shape_string(&[a.ncols(), c.ncols()])
+            ),
+            actual: format!(
+                "{} = {} · {}",
+                shape_string(&[c.nrows(), c.ncols()]),
+                shape_string(&[a.nrows(), a.ncols()]),
+                shape_string(&[b.nrows(), b.ncols()])
+            ),
         });
     }
     faer::linalg::matmul::matmul(faer_mut(c), Accum::Add, faer_ref(a), faer_ref(b), -1.0, par);

@@ -5,7 +5,9 @@ use gptq_core::{
     ActivationBatch, DampingPolicy, FactorRequest, GptqError, HessianAccumulator, HessianOptions,
     HessianPrecision,
 };
-use gptq_linalg::{CpuHessianAccumulator, Hessian, Par, damped_inverse_factor, quadratic_loss, reference};
+use gptq_linalg::{
+    CpuHessianAccumulator, Hessian, Par, damped_inverse_factor, quadratic_loss, reference,
+};
 use half::{bf16, f16};
 use ndarray::{Array2, ArrayView2, Axis, concatenate};
 
@@ -15,10 +17,16 @@ fn relative_error(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -> f64 {
     (diff / norm).sqrt()
 }
 
-fn accumulate(columns: usize, precision: HessianPrecision, par: Par, batches: &[(Array2<f32>, usize)]) -> Hessian {
+fn accumulate(
+    columns: usize,
+    precision: HessianPrecision,
+    par: Par,
+    batches: &[(Array2<f32>, usize)],
+) -> Hessian {
     let mut acc = CpuHessianAccumulator::new(columns, HessianOptions { precision }, par).unwrap();
     for (x, sequences) in batches {
-        acc.add_batch(&ActivationBatch::new(x.view()).sequences(*sequences)).unwrap();
+        acc.add_batch(&ActivationBatch::new(x.view()).sequences(*sequences))
+            .unwrap();
     }
     acc.finish().unwrap()
 }
@@ -27,7 +35,9 @@ fn batches(columns: usize, sizes: &[(usize, usize)]) -> Vec<(Array2<f32>, usize)
     sizes
         .iter()
         .enumerate()
-        .map(|(k, &(tokens, sequences))| (seeded_matrix(tokens, columns, k as u64 + 1, 1.0), sequences))
+        .map(|(k, &(tokens, sequences))| {
+            (seeded_matrix(tokens, columns, k as u64 + 1, 1.0), sequences)
+        })
         .collect()
 }
 
@@ -55,7 +65,8 @@ fn half_precision_inputs_and_masks() {
     let expected = reference::hessian(&[(rounded.view(), 2)]);
 
     let mut acc = CpuHessianAccumulator::new(16, HessianOptions::default(), Par::Seq).unwrap();
-    acc.add_batch(&ActivationBatch::new(x16.view()).sequences(2).mask(&mask)).unwrap();
+    acc.add_batch(&ActivationBatch::new(x16.view()).sequences(2).mask(&mask))
+        .unwrap();
     assert_eq!(acc.tokens(), kept.len());
     assert!(relative_error(acc.finish().unwrap().matrix(), expected.view()) < 1e-13);
 
@@ -75,12 +86,20 @@ fn bad_batches_are_rejected_and_leave_the_sum_untouched() {
     let wide = seeded_matrix(10, 9, 1, 1.0);
     let short_mask = [true; 3];
     let errors = [
-        acc.add_batch(&ActivationBatch::new(nan.view())).unwrap_err(),
-        acc.add_batch(&ActivationBatch::new(wide.view())).unwrap_err(),
-        acc.add_batch(&ActivationBatch::new(good.view()).mask(&short_mask)).unwrap_err(),
-        acc.add_batch(&ActivationBatch::new(good.view()).sequences(0)).unwrap_err(),
+        acc.add_batch(&ActivationBatch::new(nan.view()))
+            .unwrap_err(),
+        acc.add_batch(&ActivationBatch::new(wide.view()))
+            .unwrap_err(),
+        acc.add_batch(&ActivationBatch::new(good.view()).mask(&short_mask))
+            .unwrap_err(),
+        acc.add_batch(&ActivationBatch::new(good.view()).sequences(0))
+            .unwrap_err(),
     ];
-    assert!(matches!(errors[0], GptqError::NonFinite { .. }), "{}", errors[0]);
+    assert!(
+        matches!(errors[0], GptqError::NonFinite { .. }),
+        "{}",
+        errors[0]
+    );
     assert!(matches!(errors[1], GptqError::ShapeMismatch { .. }));
     assert!(matches!(errors[2], GptqError::ShapeMismatch { .. }));
     assert!(matches!(errors[3], GptqError::InvalidConfig(_)));
@@ -89,7 +108,10 @@ fn bad_batches_are_rejected_and_leave_the_sum_untouched() {
     assert!(relative_error(acc.finish().unwrap().matrix(), expected.view()) < 1e-13);
 
     let empty = CpuHessianAccumulator::new(8, HessianOptions::default(), Par::Seq).unwrap();
-    assert!(matches!(empty.finish(), Err(GptqError::NoSamples { columns: 8 })));
+    assert!(matches!(
+        empty.finish(),
+        Err(GptqError::NoSamples { columns: 8 })
+    ));
     assert!(CpuHessianAccumulator::new(0, HessianOptions::default(), Par::Seq).is_err());
 }
 
@@ -134,14 +156,23 @@ fn indefinite_hessians_are_retried_then_reported() {
         damping: DampingPolicy::default(),
     };
     let (_, damping) = damped_inverse_factor(h.view(), &request, Par::Seq).unwrap();
-    assert!(damping.damp_percent > 0.05 && damping.tried.len() > 1, "{damping:?}");
+    assert!(
+        damping.damp_percent > 0.05 && damping.tried.len() > 1,
+        "{damping:?}"
+    );
 
     let no_retry = FactorRequest {
-        damping: DampingPolicy { damp_percent: 0.01, retries: 0 },
+        damping: DampingPolicy {
+            damp_percent: 0.01,
+            retries: 0,
+        },
         ..request
     };
     let err = damped_inverse_factor(h.view(), &no_retry, Par::Seq).unwrap_err();
-    assert!(matches!(err, GptqError::NotPositiveDefinite { columns: 20, .. }));
+    assert!(matches!(
+        err,
+        GptqError::NotPositiveDefinite { columns: 20, .. }
+    ));
     assert!(err.to_string().contains("20 input columns"), "{err}");
 }
 
@@ -150,9 +181,21 @@ fn factor_requests_are_validated() {
     let h = spd(6, 20, 1);
     let bad_perm = [0, 1, 2, 3, 4, 4];
     let requests = [
-        FactorRequest { dead_columns: &[6], permutation: None, damping: DampingPolicy::default() },
-        FactorRequest { dead_columns: &[], permutation: Some(&bad_perm), damping: DampingPolicy::default() },
-        FactorRequest { dead_columns: &[], permutation: Some(&bad_perm[..5]), damping: DampingPolicy::default() },
+        FactorRequest {
+            dead_columns: &[6],
+            permutation: None,
+            damping: DampingPolicy::default(),
+        },
+        FactorRequest {
+            dead_columns: &[],
+            permutation: Some(&bad_perm),
+            damping: DampingPolicy::default(),
+        },
+        FactorRequest {
+            dead_columns: &[],
+            permutation: Some(&bad_perm[..5]),
+            damping: DampingPolicy::default(),
+        },
     ];
     for request in &requests {
         assert!(damped_inverse_factor(h.view(), request, Par::Seq).is_err());
@@ -180,11 +223,22 @@ fn results_are_bit_identical_across_thread_counts() {
     let one = accumulate(300, HessianPrecision::F64, Par::Seq, &data);
     let two = accumulate(300, HessianPrecision::F64, Par::rayon(2), &data);
     assert_eq!(one, two);
-    let request = FactorRequest { dead_columns: &[], permutation: None, damping: DampingPolicy::default() };
+    let request = FactorRequest {
+        dead_columns: &[],
+        permutation: None,
+        damping: DampingPolicy::default(),
+    };
     let (f1, _) = damped_inverse_factor(one.matrix(), &request, Par::Seq).unwrap();
     let (f2, _) = damped_inverse_factor(one.matrix(), &request, Par::rayon(2)).unwrap();
     assert_eq!(f1, f2);
-    let d = concatenate(Axis(0), &[seeded_matrix(600, 300, 1, 0.1).view(), seeded_matrix(10, 300, 2, 0.1).view()]).unwrap();
+    let d = concatenate(
+        Axis(0),
+        &[
+            seeded_matrix(600, 300, 1, 0.1).view(),
+            seeded_matrix(10, 300, 2, 0.1).view(),
+        ],
+    )
+    .unwrap();
     let l1 = quadratic_loss(one.matrix(), d.view(), Par::Seq).unwrap();
     let l2 = quadratic_loss(one.matrix(), d.view(), Par::rayon(2)).unwrap();
     assert_eq!(l1.to_bits(), l2.to_bits());

@@ -3,8 +3,8 @@
 use std::ops::Range;
 
 use gptq_core::{
-    ClipSearch, GptqError, GridSpec, GroupParams, ParamTable, QuantConfig, QuantGrid, Result,
-    dequantize_code, quantize_value,
+    ClipSearch, GptqError, GridSpec, GroupParams, ParamTable, QuantConfig, QuantGrid, RangeSearch,
+    Result, dequantize_code, fit_searched, quantize_value,
 };
 use ndarray::ArrayView2;
 
@@ -145,19 +145,31 @@ impl QuantGrid for MinMaxGrid {
 }
 
 /// Fits `grid` to each group of columns of every row of `weights` (`[rows, columns]`): slot `s`
-/// of the returned table covers columns `groups[s]`.
+/// of the returned table covers columns `groups[s]`. With `search`, each fit is a
+/// [`fit_searched`] with the given per-column importance.
 pub fn fit_table<G: QuantGrid + ?Sized>(
     grid: &G,
     weights: ArrayView2<'_, f32>,
     groups: &[Range<usize>],
+    search: Option<(&RangeSearch, &[f32])>,
 ) -> ParamTable {
     let mut table = ParamTable::zeroed(groups.len(), weights.nrows());
-    let mut buffer = Vec::new();
+    let (mut buffer, mut scratch) = (Vec::new(), Vec::new());
     for (row, w) in weights.rows().into_iter().enumerate() {
         for (slot, range) in groups.iter().enumerate() {
             buffer.clear();
             buffer.extend(w.slice(ndarray::s![range.clone()]).iter().copied());
-            table.set(slot, row, grid.fit(&buffer));
+            let params = match search {
+                None => grid.fit(&buffer),
+                Some((search, importance)) => fit_searched(
+                    grid,
+                    &buffer,
+                    &importance[range.clone()],
+                    search,
+                    &mut scratch,
+                ),
+            };
+            table.set(slot, row, params);
         }
     }
     table
@@ -198,7 +210,9 @@ mod tests {
 
     #[test]
     fn clipping_never_fits_worse_than_plain_min_max() {
-        let mut w: Vec<f32> = (0..64).map(|i| ((i * 37 % 64) as f32 - 31.5) / 32.0).collect();
+        let mut w: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 64) as f32 - 31.5) / 32.0)
+            .collect();
         w[5] = 1.6; // a mild outlier worth clipping
         for symmetric in [false, true] {
             let plain = MinMaxGrid::new(3, symmetric).unwrap();
@@ -211,7 +225,10 @@ mod tests {
                     })
                     .sum()
             };
-            assert!(err(clipped.fit(&w)) < err(plain.fit(&w)), "symmetric: {symmetric}");
+            assert!(
+                err(clipped.fit(&w)) < err(plain.fit(&w)),
+                "symmetric: {symmetric}"
+            );
         }
     }
 

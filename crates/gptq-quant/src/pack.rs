@@ -149,7 +149,13 @@ pub fn pack(tensor: &QuantizedTensor, format: CheckpointFormat) -> Result<Packed
     })
 }
 
-fn unstorable_zero(zero: u16, group: usize, row: usize, bits: u8, format: CheckpointFormat) -> GptqError {
+fn unstorable_zero(
+    zero: u16,
+    group: usize,
+    row: usize,
+    bits: u8,
+    format: CheckpointFormat,
+) -> GptqError {
     let hint = match format {
         CheckpointFormat::Gptq => {
             "checkpoint_format gptq (v1) stores zero - 1: write gptq_v2, or quantize with zero \

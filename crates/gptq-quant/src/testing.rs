@@ -13,33 +13,44 @@ use crate::pack::{CheckpointFormat, PackedTensor, pack, unpack};
 /// columns multiples of 32, groups of 32 or per-channel, shuffled or natural `g_idx`.
 pub fn packable_tensors(bits: u8) -> impl Strategy<Value = QuantizedTensor> {
     let max = (1u16 << bits) - 1;
-    (1usize..=3, 1usize..=3, any::<bool>(), any::<bool>(), any::<u64>()).prop_map(
-        move |(row_blocks, column_blocks, per_channel, shuffled, seed)| {
-            let (rows, columns) = (32 * row_blocks, 32 * column_blocks);
-            let groups = if per_channel { 1 } else { column_blocks };
-            let mut next = lcg(seed);
-            let codes = Array2::from_shape_fn((rows, columns), |_| (next() % (max as u64 + 1)) as u8);
-            // v1 stores zero - 1, so keep zeros in 1..=max to be storable in both formats.
-            let zeros = Array2::from_shape_fn((groups, rows), |_| 1 + (next() % max as u64) as u16);
-            let scales = Array2::from_shape_fn((groups, rows), |_| {
-                f16::from_f32((next() % 1000 + 1) as f32 * 1e-4).to_f32()
-            });
-            let mut g_idx: Vec<u32> = (0..columns).map(|c| (c / 32 % groups) as u32).collect();
-            if shuffled {
-                for i in (1..columns).rev() {
-                    g_idx.swap(i, (next() % (i as u64 + 1)) as usize);
-                }
-            }
-            QuantizedTensor::new(bits, codes, scales, zeros, g_idx, None)
-                .expect("the strategy builds valid tensors")
-        },
+    (
+        1usize..=3,
+        1usize..=3,
+        any::<bool>(),
+        any::<bool>(),
+        any::<u64>(),
     )
+        .prop_map(
+            move |(row_blocks, column_blocks, per_channel, shuffled, seed)| {
+                let (rows, columns) = (32 * row_blocks, 32 * column_blocks);
+                let groups = if per_channel { 1 } else { column_blocks };
+                let mut next = lcg(seed);
+                let codes =
+                    Array2::from_shape_fn((rows, columns), |_| (next() % (max as u64 + 1)) as u8);
+                // v1 stores zero - 1, so keep zeros in 1..=max to be storable in both formats.
+                let zeros =
+                    Array2::from_shape_fn((groups, rows), |_| 1 + (next() % max as u64) as u16);
+                let scales = Array2::from_shape_fn((groups, rows), |_| {
+                    f16::from_f32((next() % 1000 + 1) as f32 * 1e-4).to_f32()
+                });
+                let mut g_idx: Vec<u32> = (0..columns).map(|c| (c / 32 % groups) as u32).collect();
+                if shuffled {
+                    for i in (1..columns).rev() {
+                        g_idx.swap(i, (next() % (i as u64 + 1)) as usize);
+                    }
+                }
+                QuantizedTensor::new(bits, codes, scales, zeros, g_idx, None)
+                    .expect("the strategy builds valid tensors")
+            },
+        )
 }
 
 fn lcg(seed: u64) -> impl FnMut() -> u64 {
     let mut state = seed;
     move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         state >> 33
     }
 }
@@ -104,12 +115,17 @@ pub fn packed_from_bytes(data: &[u8]) -> Option<PackedTensor> {
 /// The fuzz property: unpacking arbitrary data never panics, and whatever unpacks dequantizes to
 /// finite values and packs back to the same words.
 pub fn check_unpack_arbitrary(data: &[u8]) {
-    let Some(packed) = packed_from_bytes(data) else { return };
+    let Some(packed) = packed_from_bytes(data) else {
+        return;
+    };
     let Ok(tensor) = unpack(&packed) else { return };
     assert!(tensor.dequantize().iter().all(|x| x.is_finite()));
     let repacked = pack(&tensor, packed.format).expect("an unpacked tensor packs again");
     // Every bit of a packable stream belongs to some value, so the words come back unchanged.
     assert_eq!(repacked.qweight, packed.qweight);
     assert_eq!(repacked.qzeros, packed.qzeros);
-    assert_eq!(repacked.scales.mapv(f16::to_bits), packed.scales.mapv(f16::to_bits));
+    assert_eq!(
+        repacked.scales.mapv(f16::to_bits),
+        packed.scales.mapv(f16::to_bits)
+    );
 }

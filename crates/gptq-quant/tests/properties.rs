@@ -22,7 +22,12 @@ proptest! {
 fn the_fuzz_decoder_reaches_both_valid_and_malformed_layers() {
     let (mut valid, mut invalid) = (0, 0);
     for seed in 0u32..400 {
-        let mut data: Vec<u8> = seed.to_le_bytes().iter().chain(&[(seed >> 3) as u8, 0]).copied().collect();
+        let mut data: Vec<u8> = seed
+            .to_le_bytes()
+            .iter()
+            .chain(&[(seed >> 3) as u8, 0])
+            .copied()
+            .collect();
         data.extend((0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as u8 & 0x3f));
         let packed = gptq_quant::testing::packed_from_bytes(&data).unwrap();
         match gptq_quant::unpack(&packed) {
@@ -31,5 +36,8 @@ fn the_fuzz_decoder_reaches_both_valid_and_malformed_layers() {
         }
         check_unpack_arbitrary(&data);
     }
-    assert!(valid > 50 && invalid > 50, "valid {valid}, invalid {invalid}");
+    assert!(
+        valid > 50 && invalid > 50,
+        "valid {valid}, invalid {invalid}"
+    );
 }

@@ -35,7 +35,11 @@ fn parse_args() -> Result<Args, String> {
             },
             "--threads" => {
                 let value = args.next().ok_or("--threads needs a number")?;
-                threads = Some(value.parse().map_err(|_| format!("--threads {value:?} is not a number"))?);
+                threads = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("--threads {value:?} is not a number"))?,
+                );
             }
             "-h" | "--help" => return Err(String::new()),
             _ if dir.is_none() && !arg.starts_with('-') => dir = Some(PathBuf::from(arg)),
@@ -59,11 +63,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let backend = args.threads.map_or_else(CpuBackend::new, CpuBackend::with_threads);
+    let backend = args
+        .threads
+        .map_or_else(CpuBackend::new, CpuBackend::with_threads);
     let cases = match list_cases(&args.dir) {
         Ok(cases) if !cases.is_empty() => cases,
         Ok(_) => {
-            eprintln!("error: no NAME.json + NAME.safetensors fixtures in {}", args.dir.display());
+            eprintln!(
+                "error: no NAME.json + NAME.safetensors fixtures in {}",
+                args.dir.display()
+            );
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -74,18 +83,31 @@ fn main() -> ExitCode {
     let thresholds = Thresholds::default();
     let mut failed = 0;
     for path in &cases {
-        let outcome = ReferenceCase::load(path).and_then(|case| check_case(&backend, &case, &thresholds));
+        let outcome =
+            ReferenceCase::load(path).and_then(|case| check_case(&backend, &case, &thresholds));
         match outcome {
             Ok(outcome) => {
                 println!("{}", outcome.summary());
                 failed += usize::from(!outcome.passed());
             }
             Err(e) => {
-                println!("{:<48} FAIL: {e}", path.file_stem().unwrap_or_default().to_string_lossy());
+                println!(
+                    "{:<48} FAIL: {e}",
+                    path.file_stem().unwrap_or_default().to_string_lossy()
+                );
                 failed += 1;
             }
         }
     }
-    println!("{} of {} cases passed (backend cpu, {} threads)", cases.len() - failed, cases.len(), backend.threads());
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    println!(
+        "{} of {} cases passed (backend cpu, {} threads)",
+        cases.len() - failed,
+        cases.len(),
+        backend.threads()
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use gptq_core::{
-    ActivationBatch, Backend, GptqError, GroupSize, HessianAccumulator, HessianOptions, QuantConfig,
-    QuantizedTensor, Result,
+    ActivationBatch, Backend, GptqError, GroupSize, HessianAccumulator, HessianOptions,
+    QuantConfig, QuantizedTensor, Result,
 };
 use gptq_quant::{CheckpointFormat, MinMaxGrid, PackedTensor, pack};
 use half::f16;
@@ -90,10 +90,13 @@ pub struct ReferenceCase {
 
 /// The `NAME.json` files of a fixture folder that have a `NAME.safetensors` beside them, sorted.
 pub fn list_cases(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| io(format!("cannot list {}", dir.display()), e))?;
     let mut cases: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json") && p.with_extension("safetensors").is_file())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json") && p.with_extension("safetensors").is_file()
+        })
         .collect();
     cases.sort();
     Ok(cases)
@@ -113,7 +116,8 @@ fn bad_data(path: &Path, message: impl std::fmt::Display) -> GptqError {
 impl ReferenceCase {
     /// Loads `NAME.json` and `NAME.safetensors`.
     pub fn load(json_path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(json_path).map_err(|e| io(format!("cannot read {}", json_path.display()), e))?;
+        let text = std::fs::read_to_string(json_path)
+            .map_err(|e| io(format!("cannot read {}", json_path.display()), e))?;
         let meta: CaseJson = serde_json::from_str(&text).map_err(|e| bad_data(json_path, e))?;
         let config = QuantConfig::builder()
             .bits(meta.bits)
@@ -125,16 +129,24 @@ impl ReferenceCase {
             .block_size(meta.blocksize)
             .build()?;
         let path = json_path.with_extension("safetensors");
-        let bytes = std::fs::read(&path).map_err(|e| io(format!("cannot read {}", path.display()), e))?;
+        let bytes =
+            std::fs::read(&path).map_err(|e| io(format!("cannot read {}", path.display()), e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| bad_data(&path, e))?;
-        let tensors = Tensors { st: &st, path: &path };
+        let tensors = Tensors {
+            st: &st,
+            path: &path,
+        };
 
         let weight = tensors.matrix_f32("W")?;
         let codes = tensors.matrix_i32("codes")?;
         let scales = tensors.matrix_f32("scale")?;
         let zeros = tensors.matrix_f32("zero")?;
         let g_idx = tensors.vector_i32("g_idx")?;
-        let permutation = if tensors.has("perm") { Some(tensors.vector_i32("perm")?) } else { None };
+        let permutation = if tensors.has("perm") {
+            Some(tensors.vector_i32("perm")?)
+        } else {
+            None
+        };
         let to_u32 = |v: Vec<i32>| v.into_iter().map(|x| x as u32).collect::<Vec<u32>>();
         let result = QuantizedTensor::new(
             meta.bits,
@@ -144,7 +156,11 @@ impl ReferenceCase {
             to_u32(g_idx),
             permutation.map(to_u32),
         )?;
-        let inputs = if tensors.has("X") { Some(tensors.array3_f32("X")?) } else { None };
+        let inputs = if tensors.has("X") {
+            Some(tensors.array3_f32("X")?)
+        } else {
+            None
+        };
         let packed = if tensors.has("packed.qweight") {
             Some(PackedTensor {
                 bits: meta.bits,
@@ -183,16 +199,37 @@ impl Tensors<'_> {
     }
 
     fn raw(&self, name: &str, dtype: Dtype, rank: usize) -> Result<(Vec<usize>, &[u8])> {
-        let t = self.st.tensor(name).map_err(|e| bad_data(self.path, format!("{name}: {e}")))?;
+        let t = self
+            .st
+            .tensor(name)
+            .map_err(|e| bad_data(self.path, format!("{name}: {e}")))?;
         if t.dtype() != dtype || t.shape().len() != rank {
-            return Err(bad_data(self.path, format!("{name} is {:?} {:?}, expected {dtype:?} of rank {rank}", t.dtype(), t.shape())));
+            return Err(bad_data(
+                self.path,
+                format!(
+                    "{name} is {:?} {:?}, expected {dtype:?} of rank {rank}",
+                    t.dtype(),
+                    t.shape()
+                ),
+            ));
         }
         Ok((t.shape().to_vec(), t.data()))
     }
 
-    fn values<T>(&self, name: &str, dtype: Dtype, rank: usize, decode: impl Fn([u8; 4]) -> T) -> Result<(Vec<usize>, Vec<T>)> {
+    fn values<T>(
+        &self,
+        name: &str,
+        dtype: Dtype,
+        rank: usize,
+        decode: impl Fn([u8; 4]) -> T,
+    ) -> Result<(Vec<usize>, Vec<T>)> {
         let (shape, data) = self.raw(name, dtype, rank)?;
-        Ok((shape, data.chunks_exact(4).map(|b| decode([b[0], b[1], b[2], b[3]])).collect()))
+        Ok((
+            shape,
+            data.chunks_exact(4)
+                .map(|b| decode([b[0], b[1], b[2], b[3]]))
+                .collect(),
+        ))
     }
 
     fn matrix_f32(&self, name: &str) -> Result<Array2<f32>> {
@@ -211,12 +248,16 @@ impl Tensors<'_> {
 
     fn array3_f32(&self, name: &str) -> Result<Array3<f32>> {
         let (shape, v) = self.values(name, Dtype::F32, 3, f32::from_le_bytes)?;
-        Ok(Array3::from_shape_vec((shape[0], shape[1], shape[2]), v).expect("safetensors checked the size"))
+        Ok(Array3::from_shape_vec((shape[0], shape[1], shape[2]), v)
+            .expect("safetensors checked the size"))
     }
 
     fn matrix_f16(&self, name: &str) -> Result<Array2<f16>> {
         let (shape, data) = self.raw(name, Dtype::F16, 2)?;
-        let v = data.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]])).collect();
+        let v = data
+            .chunks_exact(2)
+            .map(|b| f16::from_le_bytes([b[0], b[1]]))
+            .collect();
         Ok(Array2::from_shape_vec((shape[0], shape[1]), v).expect("safetensors checked the size"))
     }
 }
@@ -267,13 +308,21 @@ impl ParityOutcome {
             self.loss_ratio,
             self.default_loss_ratio,
             self.rtn_loss_ratio,
-            if self.passed() { "PASS".to_string() } else { format!("FAIL: {}", self.failures.join("; ")) }
+            if self.passed() {
+                "PASS".to_string()
+            } else {
+                format!("FAIL: {}", self.failures.join("; "))
+            }
         )
     }
 }
 
 /// Runs one case through `backend` and compares with the reference.
-pub fn check_case<B: Backend>(backend: &B, case: &ReferenceCase, thresholds: &Thresholds) -> Result<ParityOutcome> {
+pub fn check_case<B: Backend>(
+    backend: &B,
+    case: &ReferenceCase,
+    thresholds: &Thresholds,
+) -> Result<ParityOutcome> {
     let mut failures = Vec::new();
     let mut check = |ok: bool, what: String| {
         if !ok {
@@ -287,7 +336,10 @@ pub fn check_case<B: Backend>(backend: &B, case: &ReferenceCase, thresholds: &Th
         Some(x) => {
             let ours = backend.hessian_to_host(&accumulate(backend, x, case.batch)?)?;
             let error = relative_frobenius(ours.view(), reference_h.view());
-            check(error <= thresholds.hessian, format!("Hessian error {error:.2e}"));
+            check(
+                error <= thresholds.hessian,
+                format!("Hessian error {error:.2e}"),
+            );
             Some(error)
         }
     };
@@ -298,23 +350,53 @@ pub fn check_case<B: Backend>(backend: &B, case: &ReferenceCase, thresholds: &Th
     let reference = &case.result;
     let tensor = &ours.tensor;
 
-    let code_agreement = agreement(tensor.codes().iter().zip(reference.codes()).map(|(a, b)| a == b));
-    check(code_agreement >= thresholds.codes, format!("codes agree {:.3}%", 100.0 * code_agreement));
+    let code_agreement = agreement(
+        tensor
+            .codes()
+            .iter()
+            .zip(reference.codes())
+            .map(|(a, b)| a == b),
+    );
+    check(
+        code_agreement >= thresholds.codes,
+        format!("codes agree {:.3}%", 100.0 * code_agreement),
+    );
     let shapes_match = tensor.scales().dim() == reference.scales().dim();
     let scale_errors: Vec<f64> = if shapes_match {
-        tensor.scales().iter().zip(reference.scales()).map(|(a, b)| f64::from((a - b).abs() / b.abs())).collect()
+        tensor
+            .scales()
+            .iter()
+            .zip(reference.scales())
+            .map(|(a, b)| f64::from((a - b).abs() / b.abs()))
+            .collect()
     } else {
         vec![f64::INFINITY]
     };
     let scale_agreement = agreement(scale_errors.iter().map(|e| *e <= thresholds.params));
     let max_scale_error = scale_errors.iter().copied().fold(0.0, f64::max);
     let zero_agreement = if shapes_match {
-        agreement(tensor.zeros().iter().zip(reference.zeros()).map(|(a, b)| a == b))
+        agreement(
+            tensor
+                .zeros()
+                .iter()
+                .zip(reference.zeros())
+                .map(|(a, b)| a == b),
+        )
     } else {
         0.0
     };
-    check(scale_agreement >= thresholds.codes, format!("scales within {:.0e}: {:.3}%", thresholds.params, 100.0 * scale_agreement));
-    check(zero_agreement >= thresholds.codes, format!("zero points agree {:.3}%", 100.0 * zero_agreement));
+    check(
+        scale_agreement >= thresholds.codes,
+        format!(
+            "scales within {:.0e}: {:.3}%",
+            thresholds.params,
+            100.0 * scale_agreement
+        ),
+    );
+    check(
+        zero_agreement >= thresholds.codes,
+        format!("zero points agree {:.3}%", 100.0 * zero_agreement),
+    );
     let g_idx_identical = tensor.g_idx() == reference.g_idx();
     check(g_idx_identical, "g_idx differs".into());
     let permutation_identical = tensor.permutation() == reference.permutation();
@@ -322,15 +404,28 @@ pub fn check_case<B: Backend>(backend: &B, case: &ReferenceCase, thresholds: &Th
 
     let loss = ours.report.loss.expect("compute_loss is on");
     let loss_ratio = loss / case.loss_gptq;
-    check((loss_ratio - 1.0).abs() <= thresholds.loss, format!("loss ratio {loss_ratio:.5}"));
+    check(
+        (loss_ratio - 1.0).abs() <= thresholds.loss,
+        format!("loss ratio {loss_ratio:.5}"),
+    );
 
     let default = Gptq::new(backend, case.config.clone()).quantize(case.weight.view(), &hessian)?;
     let default_loss_ratio = default.report.loss.expect("compute_loss is on") / case.loss_gptq;
-    check(default_loss_ratio <= thresholds.default_loss_ratio, format!("default-mode loss ratio {default_loss_ratio:.5}"));
+    check(
+        default_loss_ratio <= thresholds.default_loss_ratio,
+        format!("default-mode loss ratio {default_loss_ratio:.5}"),
+    );
 
-    let rtn = round_to_nearest(case.weight.view(), &case.config, &MinMaxGrid::from_config(&case.config))?;
+    let rtn = round_to_nearest(
+        case.weight.view(),
+        &case.config,
+        &MinMaxGrid::from_config(&case.config),
+    )?;
     let rtn_loss_ratio = parity.loss(case.weight.view(), &rtn, &hessian)? / case.loss_rtn;
-    check((rtn_loss_ratio - 1.0).abs() <= thresholds.loss, format!("round-to-nearest loss ratio {rtn_loss_ratio:.5}"));
+    check(
+        (rtn_loss_ratio - 1.0).abs() <= thresholds.loss,
+        format!("round-to-nearest loss ratio {rtn_loss_ratio:.5}"),
+    );
 
     let packed_identical = match &case.packed {
         None => None,
@@ -368,7 +463,9 @@ fn accumulate<B: Backend>(backend: &B, x: &Array3<f32>, batch: usize) -> Result<
     for start in (0..sequences).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(sequences);
         let chunk = x.slice(s![start..end, .., ..]);
-        let flat = chunk.to_shape(((end - start) * tokens, columns)).map_err(|e| GptqError::InvalidConfig(e.to_string()))?;
+        let flat = chunk
+            .to_shape(((end - start) * tokens, columns))
+            .map_err(|e| GptqError::InvalidConfig(e.to_string()))?;
         acc.add_batch(&ActivationBatch::new(flat.view()).sequences(end - start))?;
     }
     acc.finish()
@@ -380,11 +477,14 @@ fn agreement(matches: impl Iterator<Item = bool>) -> f64 {
         yes += usize::from(m);
         all += 1;
     }
-    if all == 0 { 1.0 } else { yes as f64 / all as f64 }
+    if all == 0 {
+        1.0
+    } else {
+        yes as f64 / all as f64
+    }
 }
 
 fn relative_frobenius(a: ArrayView2<'_, f64>, b: ArrayView2<'_, f64>) -> f64 {
     let diff = (&a - &b).mapv(|x| x * x).sum();
     (diff / b.mapv(|x| x * x).sum()).sqrt()
 }
-

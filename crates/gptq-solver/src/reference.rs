@@ -2,7 +2,10 @@
 //! plain f64 loops: an independent oracle for every backend. Quadratic in memory traffic and
 //! single-threaded; use it on small layers only.
 
-use gptq_core::{GptqError, GroupSize, QuantConfig, QuantGrid, QuantizedTensor, Result, dequantize_code, quantize_value};
+use gptq_core::{
+    GptqError, GroupParams, GroupSize, QuantConfig, QuantGrid, QuantizedTensor, RangeSearch,
+    Result, dequantize_code, fit_searched, quantize_value,
+};
 use gptq_quant::MinMaxGrid;
 use ndarray::{Array2, ArrayView2};
 
@@ -13,7 +16,16 @@ use crate::plan::{act_order_permutation, group_index, group_ranges};
 /// dead columns are zeroed); without, the solver's default semantics computed without blocks
 /// (every column's error applied to all later columns at once, groups fitted to the updated
 /// weights), which blocking must not change.
-pub fn gptq(weight: ArrayView2<'_, f32>, hessian: ArrayView2<'_, f64>, config: &QuantConfig, parity: bool) -> Result<QuantizedTensor> {
+///
+/// `search` is the default mode's Hessian-weighted range search (ignored with `parity`).
+pub fn gptq(
+    weight: ArrayView2<'_, f32>,
+    hessian: ArrayView2<'_, f64>,
+    config: &QuantConfig,
+    parity: bool,
+    search: Option<RangeSearch>,
+) -> Result<QuantizedTensor> {
+    let search = if parity { None } else { search };
     let (rows, n) = weight.dim();
     let grid = MinMaxGrid::from_config(config);
     let max_code = grid.max_code();
@@ -23,31 +35,69 @@ pub fn gptq(weight: ArrayView2<'_, f32>, hessian: ArrayView2<'_, f64>, config: &
     for &c in &dead {
         zeroed.column_mut(c).fill(0.0);
     }
-    let permutation = config.act_order().then(|| act_order_permutation(&diagonal, &dead));
+    let permutation = config
+        .act_order()
+        .then(|| act_order_permutation(&diagonal, &dead));
     let order: Vec<usize> = permutation.clone().unwrap_or_else(|| (0..n).collect());
 
-    // Grids fixed before the loop: slot tables [slot][row].
-    let fit = |source: ArrayView2<'_, f32>, ranges: &[std::ops::Range<usize>]| -> Vec<Vec<gptq_core::GroupParams>> {
-        ranges
-            .iter()
-            .map(|r| (0..rows).map(|row| grid.fit(&source.row(row).as_slice().unwrap()[r.clone()])).collect())
-            .collect()
-    };
-    let zeroed_std = zeroed.as_standard_layout().into_owned();
-    let original_std = weight.as_standard_layout().into_owned();
-    let (mut table, fixed_slot): (Vec<Vec<gptq_core::GroupParams>>, Option<Vec<usize>>) = match config.group_size() {
-        GroupSize::PerChannel => {
-            let source = if parity { original_std.view() } else { zeroed_std.view() };
-            (fit(source, &[0..n]), Some(vec![0; n]))
+    let u = gptq_linalg::reference::inverse_factor(
+        hessian,
+        &dead,
+        permutation.as_deref(),
+        config.damp_percent(),
+    )
+    .ok_or_else(|| GptqError::NotPositiveDefinite {
+        columns: n,
+        tried: vec![config.damp_percent()],
+    })?;
+    // The search weighs each column by 1 / U_kk², k its position in the quantization order.
+    let mut importance = vec![0.0f32; n];
+    for (k, &c) in order.iter().enumerate() {
+        importance[c] = (1.0 / (u[[k, k]] * u[[k, k]])) as f32;
+    }
+    let fit_one = |values: &[f32], importance: &[f32]| -> GroupParams {
+        match &search {
+            None => grid.fit(values),
+            Some(search) => fit_searched(&grid, values, importance, search, &mut Vec::new()),
         }
-        GroupSize::Columns(g) if config.static_groups() => {
-            (fit(zeroed_std.view(), &group_ranges(n, g)), Some(order.iter().map(|&c| c / g).collect()))
-        }
-        GroupSize::Columns(g) => (vec![Vec::new(); n.div_ceil(g)], None),
     };
 
-    let u = gptq_linalg::reference::inverse_factor(hessian, &dead, permutation.as_deref(), config.damp_percent())
-        .ok_or_else(|| GptqError::NotPositiveDefinite { columns: n, tried: vec![config.damp_percent()] })?;
+    // Grids fixed before the loop: slot tables [slot][row].
+    let fit =
+        |source: ArrayView2<'_, f32>, ranges: &[std::ops::Range<usize>]| -> Vec<Vec<GroupParams>> {
+            ranges
+                .iter()
+                .map(|r| {
+                    (0..rows)
+                        .map(|row| {
+                            fit_one(
+                                &source.row(row).as_slice().unwrap()[r.clone()],
+                                &importance[r.clone()],
+                            )
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+    let zeroed_std = zeroed.as_standard_layout().into_owned();
+    let original_std = weight.as_standard_layout().into_owned();
+    let (mut table, fixed_slot): (Vec<Vec<GroupParams>>, Option<Vec<usize>>) =
+        match config.group_size() {
+            GroupSize::PerChannel => {
+                let source = if parity {
+                    original_std.view()
+                } else {
+                    zeroed_std.view()
+                };
+                (fit(source, &[0..n]), Some(vec![0; n]))
+            }
+            GroupSize::Columns(g) if config.static_groups() => (
+                fit(zeroed_std.view(), &group_ranges(n, g)),
+                Some(order.iter().map(|&c| c / g).collect()),
+            ),
+            GroupSize::Columns(g) => (vec![Vec::new(); n.div_ceil(g)], None),
+        };
+
     let mut w = Array2::from_shape_fn((rows, n), |(r, k)| f64::from(zeroed[[r, order[k]]]));
     let mut codes = Array2::<u8>::zeros((rows, n));
 
@@ -61,8 +111,18 @@ pub fn gptq(weight: ArrayView2<'_, f32>, hessian: ArrayView2<'_, f64>, config: &
                 if i % g == 0 {
                     let source = if parity { &block_start } else { &w };
                     let g_end = (i + g).min(n);
+                    let position_importance: Vec<f32> = (i..g_end)
+                        .map(|k| (1.0 / (u[[k, k]] * u[[k, k]])) as f32)
+                        .collect();
                     table[i / g] = (0..rows)
-                        .map(|r| grid.fit(&(i..g_end).map(|c| source[[r, c]] as f32).collect::<Vec<_>>()))
+                        .map(|r| {
+                            fit_one(
+                                &(i..g_end)
+                                    .map(|c| source[[r, c]] as f32)
+                                    .collect::<Vec<_>>(),
+                                &position_importance,
+                            )
+                        })
                         .collect();
                 }
             }
@@ -84,7 +144,9 @@ pub fn gptq(weight: ArrayView2<'_, f32>, hessian: ArrayView2<'_, f64>, config: &
         }
         for r in 0..rows {
             for j in end..n {
-                w[[r, j]] -= (start..end).map(|k| errors[[r, k - start]] * u[[k, j]]).sum::<f64>();
+                w[[r, j]] -= (start..end)
+                    .map(|k| errors[[r, k - start]] * u[[k, j]])
+                    .sum::<f64>();
             }
         }
     }

@@ -11,7 +11,7 @@ use gptq_quant::MinMaxGrid;
 use ndarray::{Array2, ArrayView2, Axis};
 
 use crate::options::SolveOptions;
-use crate::plan::{act_order_permutation, group_index, permute_columns, solve_plan};
+use crate::plan::{PlanInputs, act_order_permutation, group_index, permute_columns, solve_plan};
 use crate::report::{LayerReport, LayerTimings, QuantizedLayer};
 
 /// A GPTQ quantizer: a backend, a configuration and solver options.
@@ -73,7 +73,11 @@ impl<B: Backend> Gptq<B> {
     }
 
     /// Quantizes `weight` (`[out, in]`) with the min–max grid of the configuration.
-    pub fn quantize(&self, weight: ArrayView2<'_, f32>, hessian: &B::Hessian) -> Result<QuantizedLayer> {
+    pub fn quantize(
+        &self,
+        weight: ArrayView2<'_, f32>,
+        hessian: &B::Hessian,
+    ) -> Result<QuantizedLayer> {
         self.quantize_with_grid(weight, hessian, &MinMaxGrid::from_config(&self.config))
     }
 
@@ -96,20 +100,9 @@ impl<B: Backend> Gptq<B> {
         for &c in &dead {
             zeroed.column_mut(c).fill(0.0);
         }
-        let permutation = config.act_order().then(|| act_order_permutation(&diagonal, &dead));
-        let per_channel_source = if self.options.parity { weight } else { zeroed.view() };
-        let plan = solve_plan(
-            config,
-            self.options.parity,
-            grid,
-            zeroed.view(),
-            per_channel_source,
-            permutation.as_deref(),
-        );
-        let ordered = match &permutation {
-            Some(p) => permute_columns(zeroed.view(), p),
-            None => zeroed,
-        };
+        let permutation = config
+            .act_order()
+            .then(|| act_order_permutation(&diagonal, &dead));
         timings.prepare = start.elapsed();
 
         let t = Instant::now();
@@ -124,7 +117,39 @@ impl<B: Backend> Gptq<B> {
         let (factor, damping) = self.backend.inverse_factor(hessian, &request)?;
         timings.inverse_factor = t.elapsed();
 
-        let solution = self.backend.blocked_solve(ordered.view(), &factor, &plan, grid)?;
+        let t = Instant::now();
+        let search = self.options.effective_search();
+        let importance = match search {
+            Some(_) => Some(column_importance(
+                &self.backend.factor_diagonal(&factor)?,
+                permutation.as_deref(),
+            )),
+            None => None,
+        };
+        let plan = solve_plan(
+            config,
+            grid,
+            &PlanInputs {
+                weights: zeroed.view(),
+                per_channel_source: if self.options.parity {
+                    weight
+                } else {
+                    zeroed.view()
+                },
+                permutation: permutation.as_deref(),
+                parity: self.options.parity,
+                search: search.zip(importance.as_deref()),
+            },
+        );
+        let ordered = match &permutation {
+            Some(p) => permute_columns(zeroed.view(), p),
+            None => zeroed,
+        };
+        timings.prepare += t.elapsed();
+
+        let solution = self
+            .backend
+            .blocked_solve(ordered.view(), &factor, &plan, grid)?;
         drop(factor);
         timings.upload = solution.timings.upload;
         timings.column_loop = solution.timings.column_loop;
@@ -164,12 +189,22 @@ impl<B: Backend> Gptq<B> {
     }
 
     /// `tr((W - Q) H (W - Q)ᵀ)` of any quantized version `tensor` of `weight`.
-    pub fn loss(&self, weight: ArrayView2<'_, f32>, tensor: &QuantizedTensor, hessian: &B::Hessian) -> Result<f64> {
+    pub fn loss(
+        &self,
+        weight: ArrayView2<'_, f32>,
+        tensor: &QuantizedTensor,
+        hessian: &B::Hessian,
+    ) -> Result<f64> {
         let delta = &weight - &tensor.dequantize();
         self.backend.quadratic_loss(hessian, delta.view())
     }
 
-    fn validate<G: QuantGrid + ?Sized>(&self, weight: ArrayView2<'_, f32>, hessian_columns: usize, grid: &G) -> Result<()> {
+    fn validate<G: QuantGrid + ?Sized>(
+        &self,
+        weight: ArrayView2<'_, f32>,
+        hessian_columns: usize,
+        grid: &G,
+    ) -> Result<()> {
         check_non_empty("weight", weight)?;
         if weight.ncols() != hessian_columns {
             return Err(GptqError::ShapeMismatch {
@@ -189,6 +224,15 @@ impl<B: Backend> Gptq<B> {
         }
         Ok(())
     }
+}
+
+/// The GPTQ cost of an error on each original column, `1 / U_kk²` with `k` its position.
+fn column_importance(factor_diagonal: &[f32], permutation: Option<&[usize]>) -> Vec<f32> {
+    let mut importance = vec![0.0; factor_diagonal.len()];
+    for (k, &u) in factor_diagonal.iter().enumerate() {
+        importance[permutation.map_or(k, |p| p[k])] = 1.0 / (u * u);
+    }
+    importance
 }
 
 /// Puts columns quantized in `order` back in their original place.
@@ -213,7 +257,7 @@ pub fn round_to_nearest<G: QuantGrid + ?Sized>(
     let columns = weight.ncols();
     let group = config.group_size().columns_per_group(columns);
     let ranges = crate::plan::group_ranges(columns, group);
-    let table = gptq_quant::fit_table(grid, weight, &ranges);
+    let table = gptq_quant::fit_table(grid, weight, &ranges, None);
     let max_code = grid.max_code();
     let codes = Array2::from_shape_fn(weight.dim(), |(r, c)| {
         gptq_core::quantize_value(weight[[r, c]], table.get(c / group, r), max_code)

@@ -9,7 +9,8 @@
 use std::ops::Range;
 
 use gptq_core::{
-    FitSource, GroupParams, GroupPlan, ParamTable, QuantGrid, dequantize_code, quantize_value,
+    FitSource, GroupParams, GroupPlan, ParamTable, QuantGrid, dequantize_code, fit_searched,
+    quantize_value,
 };
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
@@ -18,6 +19,8 @@ use rayon::prelude::*;
 pub(crate) struct BlockContext<'a, G: ?Sized> {
     /// The inverse factor `U`, row-major.
     pub upper: ArrayView2<'a, f32>,
+    /// `1 / U_jj²` of every column, the weights of the range search.
+    pub importance: &'a [f32],
     /// The block's columns (quantization order).
     pub block: Range<usize>,
     /// Where grids come from.
@@ -114,7 +117,7 @@ fn quantize_row_run<G: QuantGrid + ?Sized>(context: &BlockContext<'_, G>, rows: 
     let width = context.block.len();
     let slots = rows.scales.len() / (rows.weights.len() / columns).max(1);
     let mut snapshot = vec![0.0f32; width];
-    let mut fit_buffer = Vec::new();
+    let mut buffers = (Vec::new(), Vec::new());
     let row_slices = rows
         .weights
         .chunks_mut(columns)
@@ -124,7 +127,17 @@ fn quantize_row_run<G: QuantGrid + ?Sized>(context: &BlockContext<'_, G>, rows: 
         .zip(rows.zeros.chunks_mut(slots));
     for (r, ((((w, codes), errors), scales), zeros)) in row_slices.enumerate() {
         let row = rows.first + r;
-        quantize_row(context, row, w, codes, errors, scales, zeros, &mut snapshot, &mut fit_buffer);
+        quantize_row(
+            context,
+            row,
+            w,
+            codes,
+            errors,
+            scales,
+            zeros,
+            &mut snapshot,
+            &mut buffers,
+        );
     }
 }
 
@@ -140,7 +153,7 @@ fn quantize_row<G: QuantGrid + ?Sized>(
     scales: &mut [f32],
     zeros: &mut [u16],
     snapshot: &mut [f32],
-    fit_buffer: &mut Vec<f32>,
+    (fit_buffer, scratch): &mut (Vec<f32>, Vec<f32>),
 ) {
     let Range { start, end } = context.block;
     let columns = w.len();
@@ -161,20 +174,33 @@ fn quantize_row<G: QuantGrid + ?Sized>(
             GroupPlan::Dynamic {
                 group_size,
                 fit_from,
+                search,
             } => {
                 let slot = i / group_size;
                 if i % group_size == 0 {
                     let group_end = (i + group_size).min(columns);
-                    let fitted = match fit_from {
-                        FitSource::Current => context.grid.fit(&w[i..group_end]),
+                    let values = match fit_from {
+                        FitSource::Current => &w[i..group_end],
                         FitSource::BlockStart => {
                             fit_buffer.clear();
-                            fit_buffer.extend_from_slice(&snapshot[i - start..group_end.min(end) - start]);
+                            fit_buffer.extend_from_slice(
+                                &snapshot[i - start..group_end.min(end) - start],
+                            );
                             if group_end > end {
                                 fit_buffer.extend_from_slice(&w[end..group_end]);
                             }
-                            context.grid.fit(fit_buffer)
+                            &fit_buffer[..]
                         }
+                    };
+                    let fitted = match search {
+                        None => context.grid.fit(values),
+                        Some(search) => fit_searched(
+                            context.grid,
+                            values,
+                            &context.importance[i..group_end],
+                            search,
+                            scratch,
+                        ),
                     };
                     scales[slot] = fitted.scale;
                     zeros[slot] = fitted.zero;
@@ -217,8 +243,15 @@ mod tests {
         for i in start..end {
             for r in 0..rows {
                 let params = match context.groups {
-                    GroupPlan::Fixed { table, slot_of_column } => table.get(slot_of_column[i] as usize, r),
-                    GroupPlan::Dynamic { group_size, fit_from } => {
+                    GroupPlan::Fixed {
+                        table,
+                        slot_of_column,
+                    } => table.get(slot_of_column[i] as usize, r),
+                    GroupPlan::Dynamic {
+                        group_size,
+                        fit_from,
+                        search,
+                    } => {
                         if i % group_size == 0 {
                             let source = match fit_from {
                                 FitSource::Current => &*weights,
@@ -226,7 +259,17 @@ mod tests {
                             };
                             let g_end = (i + group_size).min(columns);
                             let values: Vec<f32> = (i..g_end).map(|c| source[[r, c]]).collect();
-                            fitted.set(i / group_size, r, context.grid.fit(&values));
+                            let params = match search {
+                                None => context.grid.fit(&values),
+                                Some(search) => fit_searched(
+                                    context.grid,
+                                    &values,
+                                    &context.importance[i..g_end],
+                                    search,
+                                    &mut Vec::new(),
+                                ),
+                            };
+                            fitted.set(i / group_size, r, params);
                         }
                         fitted.get(i / group_size, r)
                     }
@@ -250,28 +293,60 @@ mod tests {
         let w = seeded_matrix(rows, columns, 3, 1.0);
         // Any upper-triangular matrix with a positive diagonal exercises the same arithmetic.
         let upper = Array2::from_shape_fn((columns, columns), |(i, j)| {
-            if j < i { 0.0 } else if i == j { 0.5 + (i % 7) as f32 * 0.1 } else { ((i * 31 + j * 17) % 13) as f32 * 0.01 - 0.06 }
+            if j < i {
+                0.0
+            } else if i == j {
+                0.5 + (i % 7) as f32 * 0.1
+            } else {
+                ((i * 31 + j * 17) % 13) as f32 * 0.01 - 0.06
+            }
         });
         let grid = MinMaxGrid::new(3, false).unwrap();
+        let importance: Vec<f32> = (0..columns)
+            .map(|j| 1.0 / (upper[[j, j]] * upper[[j, j]]))
+            .collect();
         let plans = [
-            GroupPlan::Dynamic { group_size: 16, fit_from: FitSource::BlockStart },
-            GroupPlan::Dynamic { group_size: 16, fit_from: FitSource::Current },
+            GroupPlan::Dynamic {
+                group_size: 16,
+                fit_from: FitSource::BlockStart,
+                search: None,
+            },
+            GroupPlan::Dynamic {
+                group_size: 16,
+                fit_from: FitSource::Current,
+                search: None,
+            },
+            GroupPlan::Dynamic {
+                group_size: 16,
+                fit_from: FitSource::Current,
+                search: Some(Default::default()),
+            },
             GroupPlan::Fixed {
-                table: gptq_quant::fit_table(&grid, w.view(), &[0..50, 50..100]),
-                slot_of_column: (0..columns).map(|c| ((c * 7) % columns / 50) as u32).collect(),
+                table: gptq_quant::fit_table(&grid, w.view(), &[0..50, 50..100], None),
+                slot_of_column: (0..columns)
+                    .map(|c| ((c * 7) % columns / 50) as u32)
+                    .collect(),
             },
         ];
         for groups in &plans {
             // Start inside the matrix, mid-group, so that earlier fits are reused.
             let block = 40..90;
-            let context = BlockContext { upper: upper.view(), block: block.clone(), groups, grid: &grid, max_code: 7 };
+            let context = BlockContext {
+                upper: upper.view(),
+                importance: &importance,
+                block: block.clone(),
+                groups,
+                grid: &grid,
+                max_code: 7,
+            };
             let mut expected_w = w.clone();
             let mut expected_codes = Array2::zeros((rows, columns));
             let mut fitted = ParamTable::zeroed(columns.div_ceil(16), rows);
             for r in 0..rows {
                 fitted.set(2, r, grid.fit(&[w[[r, 32]], -1.0, 1.0]));
             }
-            let expected_errors = reference_block(&context, &mut expected_w, &mut expected_codes, &mut fitted);
+            let expected_errors =
+                reference_block(&context, &mut expected_w, &mut expected_codes, &mut fitted);
             for threads in [1, 2, 3] {
                 let mut state = RowState::new(w.view(), columns.div_ceil(16));
                 for r in 0..rows {
@@ -286,12 +361,18 @@ mod tests {
                 }
                 let mut errors = vec![0.0; rows * block.len()];
                 quantize_rows(&context, &mut state, &mut errors, threads);
-                assert_eq!(state.codes.slice(ndarray::s![.., block.clone()]), expected_codes.slice(ndarray::s![.., block.clone()]));
+                assert_eq!(
+                    state.codes.slice(ndarray::s![.., block.clone()]),
+                    expected_codes.slice(ndarray::s![.., block.clone()])
+                );
                 assert_eq!(state.weights, expected_w, "threads {threads}");
                 assert_eq!(errors, expected_errors.as_slice().unwrap());
                 if matches!(groups, GroupPlan::Dynamic { .. }) {
                     let table = state.fitted_table();
-                    assert_eq!(table.scales.slice(ndarray::s![3..6, ..]), fitted.scales.slice(ndarray::s![3..6, ..]));
+                    assert_eq!(
+                        table.scales.slice(ndarray::s![3..6, ..]),
+                        fitted.scales.slice(ndarray::s![3..6, ..])
+                    );
                 }
             }
         }

@@ -66,7 +66,11 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn accumulator(&self, columns: usize, options: HessianOptions) -> Result<CpuHessianAccumulator> {
+    fn accumulator(
+        &self,
+        columns: usize,
+        options: HessianOptions,
+    ) -> Result<CpuHessianAccumulator> {
         CpuHessianAccumulator::new(columns, options, self.par())
     }
 
@@ -82,7 +86,15 @@ impl Backend for CpuBackend {
         Ok(hessian.diagonal())
     }
 
-    fn inverse_factor(&self, hessian: &Hessian, request: &FactorRequest<'_>) -> Result<(InverseFactor, Damping)> {
+    fn factor_diagonal(&self, factor: &InverseFactor) -> Result<Vec<f32>> {
+        Ok(factor.upper().diag().to_vec())
+    }
+
+    fn inverse_factor(
+        &self,
+        hessian: &Hessian,
+        request: &FactorRequest<'_>,
+    ) -> Result<(InverseFactor, Damping)> {
         gptq_linalg::damped_inverse_factor(hessian.matrix(), request, self.par())
     }
 
@@ -110,10 +122,12 @@ impl Backend for CpuBackend {
         let widest = plan.blocks.iter().map(Range::len).max().unwrap_or(0);
         let mut errors = vec![0.0f32; rows * widest];
         let upper = factor.upper();
+        let importance: Vec<f32> = upper.diag().iter().map(|u| 1.0 / (u * u)).collect();
         for block in &plan.blocks {
             let t = Instant::now();
             let context = BlockContext {
                 upper,
+                importance: &importance,
                 block: block.clone(),
                 groups: &plan.groups,
                 grid,
