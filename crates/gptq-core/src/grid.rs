@@ -27,6 +27,15 @@ pub trait QuantGrid: Send + Sync {
     /// Fits the grid to the weights of one group of one row.
     fn fit(&self, weights: &[f32]) -> GroupParams;
 
+    /// Fits the grid to `values` scaled by `factor` (used by [`fit_searched`]); the default
+    /// scales into `scratch` and calls [`fit`](QuantGrid::fit). Override when the fit of scaled
+    /// values is cheaper to derive, and return exactly what `fit` would.
+    fn fit_scaled(&self, values: &[f32], factor: f32, scratch: &mut Vec<f32>) -> GroupParams {
+        scratch.clear();
+        scratch.extend(values.iter().map(|x| x * factor));
+        self.fit(scratch)
+    }
+
     /// A plain description a device backend can lower to its own kernel. Grids that only run on
     /// the CPU return `None`, and device backends report them as unsupported.
     fn spec(&self) -> Option<GridSpec> {
@@ -90,6 +99,10 @@ impl Default for RangeSearch {
 }
 
 /// Fits `grid` to `values` with the [`RangeSearch`]; `scratch` is reused between calls.
+///
+/// Candidate `k` is the fit of the values scaled by `1 - k·shrink_step` (f32). Its cost is
+/// [`weighted_error`]; a candidate replaces the best so far only if strictly cheaper.
+#[inline]
 pub fn fit_searched<G: QuantGrid + ?Sized>(
     grid: &G,
     values: &[f32],
@@ -98,34 +111,56 @@ pub fn fit_searched<G: QuantGrid + ?Sized>(
     scratch: &mut Vec<f32>,
 ) -> GroupParams {
     let max_code = grid.max_code();
-    let cost = |params: GroupParams| -> f64 {
-        values
-            .iter()
-            .zip(importance)
-            .map(|(&x, &weight)| {
-                let error =
-                    f64::from(x - dequantize_code(quantize_value(x, params, max_code), params));
-                f64::from(weight) * error * error
-            })
-            .sum()
-    };
     let mut best = grid.fit(values);
-    let mut best_cost = cost(best);
+    let mut best_cost = weighted_error(values, importance, best, max_code);
     for k in 1..search.candidates {
         let factor = 1.0 - k as f32 * search.shrink_step;
         if factor <= 0.0 {
             break;
         }
-        scratch.clear();
-        scratch.extend(values.iter().map(|x| x * factor));
-        let candidate = grid.fit(scratch);
-        let candidate_cost = cost(candidate);
-        if candidate_cost < best_cost {
+        let candidate = grid.fit_scaled(values, factor, scratch);
+        let cost = weighted_error(values, importance, candidate, max_code);
+        if cost < best_cost {
             best = candidate;
-            best_cost = candidate_cost;
+            best_cost = cost;
         }
     }
     best
+}
+
+/// `Σ importance_j (x_j - q(x_j))²` in f32, summed in a fixed order that vectorizes: value `j`
+/// goes to partial sum `j mod 8`, and the partial sums are added as
+/// `((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))`. Every backend sums in this order, so the
+/// search picks the same grid everywhere.
+#[inline]
+pub fn weighted_error(
+    values: &[f32],
+    importance: &[f32],
+    params: GroupParams,
+    max_code: u16,
+) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    let term = |x: f32, weight: f32| {
+        let error = x - dequantize_code(quantize_value(x, params, max_code), params);
+        weight * (error * error)
+    };
+    let mut values_8 = values.chunks_exact(8);
+    let mut importance_8 = importance.chunks_exact(8);
+    for (x, w) in (&mut values_8).zip(&mut importance_8) {
+        for lane in 0..8 {
+            lanes[lane] += term(x[lane], w[lane]);
+        }
+    }
+    for (lane, (&x, &w)) in values_8
+        .remainder()
+        .iter()
+        .zip(importance_8.remainder())
+        .enumerate()
+    {
+        lanes[lane] += term(x, w);
+    }
+    ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))
+        + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]))
 }
 
 /// The code of `x`: `clamp(round_half_even(x / scale) + zero, 0, max_code)`, in f32 exactly as the

@@ -33,6 +33,7 @@ pub use config::{ClipSearch, GroupSize, QuantConfig, QuantConfigBuilder};
 pub use error::{GptqError, Position, Result, shape_string};
 pub use grid::{
     GridSpec, GroupParams, QuantGrid, RangeSearch, dequantize_code, fit_searched, quantize_value,
+    weighted_error,
 };
 pub use tensor::QuantizedTensor;
 

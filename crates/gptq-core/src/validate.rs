@@ -36,6 +36,12 @@ impl_check_finite!(
 
 /// Fails with [`GptqError::NonFinite`] at the first NaN or infinity.
 pub fn check_finite<T: CheckFinite>(what: &'static str, m: ArrayView2<'_, T>) -> Result<()> {
+    // Fast path over contiguous memory; the position is only searched for on failure.
+    if let Some(values) = m.as_slice_memory_order() {
+        if values.iter().all(|v| v.finite()) {
+            return Ok(());
+        }
+    }
     match m.indexed_iter().find(|(_, v)| !v.finite()) {
         None => Ok(()),
         Some(((row, column), v)) => Err(GptqError::NonFinite {

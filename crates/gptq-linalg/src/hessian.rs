@@ -71,15 +71,16 @@ impl Hessian {
 
 /// Running lower-triangle sum `Σ x xᵀ` in the chosen precision.
 enum LowerSum {
-    F64(Vec<f64>),
-    F32(Vec<f32>),
+    F64(Accumulation<f64>),
+    F32(Accumulation<f32>),
 }
 
 /// Streams activation batches into a Hessian on the CPU.
 ///
 /// Each batch is validated whole before anything is added, so a rejected batch leaves the sum
-/// untouched. Tokens are transposed into column-major chunks of at most 1024 and multiplied into
-/// the lower triangle only (a SYRK), in f64 by default.
+/// untouched. Kept tokens are transposed into a column-major buffer of 1024 tokens, filled across
+/// batches, and each full buffer is multiplied into the lower triangle only (a SYRK), in f64 by
+/// default. Small batches therefore cost the same as large ones.
 pub struct CpuHessianAccumulator {
     columns: usize,
     sum: LowerSum,
@@ -98,8 +99,8 @@ impl CpuHessianAccumulator {
             });
         }
         let sum = match options.precision {
-            HessianPrecision::F64 => LowerSum::F64(vec![0.0; columns * columns]),
-            HessianPrecision::F32 => LowerSum::F32(vec![0.0; columns * columns]),
+            HessianPrecision::F64 => LowerSum::F64(Accumulation::new(columns)),
+            HessianPrecision::F32 => LowerSum::F32(Accumulation::new(columns)),
         };
         Ok(CpuHessianAccumulator {
             columns,
@@ -159,31 +160,35 @@ impl HessianAccumulator for CpuHessianAccumulator {
 
     fn add_batch(&mut self, batch: &ActivationBatch<'_>) -> Result<()> {
         let kept = self.validate(batch)?;
-        let n = self.columns;
         let par = self.par;
         match &mut self.sum {
-            LowerSum::F64(sum) => accumulate(sum, n, batch.data(), &kept, par),
-            LowerSum::F32(sum) => accumulate(sum, n, batch.data(), &kept, par),
+            LowerSum::F64(sum) => sum.push(batch.data(), &kept, par),
+            LowerSum::F32(sum) => sum.push(batch.data(), &kept, par),
         }
         self.sequences += batch.sequence_count();
         self.tokens += kept.len();
         Ok(())
     }
 
-    fn finish(self) -> Result<Hessian> {
+    fn finish(mut self) -> Result<Hessian> {
         if self.sequences == 0 {
             return Err(GptqError::NoSamples {
                 columns: self.columns,
             });
         }
         let n = self.columns;
+        let par = self.par;
+        match &mut self.sum {
+            LowerSum::F64(sum) => sum.flush(par),
+            LowerSum::F32(sum) => sum.flush(par),
+        }
         let scale = 2.0 / self.sequences as f64;
         let lower = |i: usize, j: usize| -> f64 {
             // The sum is column-major: entry (i, j) with i >= j sits at j * n + i.
             let (i, j) = if i >= j { (i, j) } else { (j, i) };
             match &self.sum {
-                LowerSum::F64(s) => s[j * n + i],
-                LowerSum::F32(s) => f64::from(s[j * n + i]),
+                LowerSum::F64(s) => s.sum[j * n + i],
+                LowerSum::F32(s) => f64::from(s.sum[j * n + i]),
             }
         };
         let matrix = Array2::from_shape_fn((n, n), |(i, j)| scale * lower(i, j));
@@ -197,7 +202,8 @@ impl HessianAccumulator for CpuHessianAccumulator {
 /// A float type the Hessian can be accumulated in.
 trait SumFloat: Copy + Default {
     fn from_f32(x: f32) -> Self;
-    /// `sum += xᵀ x` on the lower triangle, `x` being `rows × n` column-major.
+    /// `sum += xᵀ x` on the lower triangle, `x` being `rows × n` column-major with column
+    /// stride `CHUNK_TOKENS`.
     fn add_gram(sum: &mut [Self], x: &[Self], rows: usize, n: usize, par: Par);
 }
 
@@ -209,7 +215,7 @@ macro_rules! impl_sum_float {
                 x as $t
             }
             fn add_gram(sum: &mut [Self], x: &[Self], rows: usize, n: usize, par: Par) {
-                let x = MatRef::from_column_major_slice(x, rows, n);
+                let x = MatRef::from_column_major_slice_with_stride(x, rows, n, CHUNK_TOKENS);
                 matmul(
                     MatMut::from_column_major_slice_mut(sum, n, n),
                     BlockStructure::TriangularLower,
@@ -228,29 +234,57 @@ macro_rules! impl_sum_float {
 impl_sum_float!(f64);
 impl_sum_float!(f32);
 
-/// Adds the kept tokens of `data` into the column-major lower triangle `sum`.
-fn accumulate<T: SumFloat>(
-    sum: &mut [T],
-    n: usize,
-    data: ActivationData<'_>,
-    kept: &[usize],
-    par: Par,
-) {
-    let mut chunk = vec![T::default(); CHUNK_TOKENS.min(kept.len().max(1)) * n];
-    for tokens in kept.chunks(CHUNK_TOKENS) {
-        let rows = tokens.len();
-        let buffer = &mut chunk[..rows * n];
-        match data {
-            ActivationData::F32(x) => transpose_into(buffer, x, tokens, |v| v),
-            ActivationData::F16(x) => transpose_into(buffer, x, tokens, f16::to_f32),
-            ActivationData::BF16(x) => transpose_into(buffer, x, tokens, bf16::to_f32),
+/// A lower-triangle sum and the buffer of tokens not yet multiplied into it.
+struct Accumulation<T> {
+    columns: usize,
+    /// `columns × columns`, column-major, lower triangle valid.
+    sum: Vec<T>,
+    /// `CHUNK_TOKENS × columns`, column-major: token `t`, column `j` at `j * CHUNK_TOKENS + t`.
+    chunk: Vec<T>,
+    filled: usize,
+}
+
+impl<T: SumFloat> Accumulation<T> {
+    fn new(columns: usize) -> Self {
+        Accumulation {
+            columns,
+            sum: vec![T::default(); columns * columns],
+            chunk: vec![T::default(); CHUNK_TOKENS * columns],
+            filled: 0,
         }
-        T::add_gram(sum, buffer, rows, n, par);
+    }
+
+    /// Copies the kept tokens into the buffer, multiplying each time it fills.
+    fn push(&mut self, data: ActivationData<'_>, kept: &[usize], par: Par) {
+        let mut rest = kept;
+        while !rest.is_empty() {
+            let take = rest.len().min(CHUNK_TOKENS - self.filled);
+            let (now, later) = rest.split_at(take);
+            let target = &mut self.chunk[self.filled..];
+            match data {
+                ActivationData::F32(x) => transpose_into(target, x, now, |v| v),
+                ActivationData::F16(x) => transpose_into(target, x, now, f16::to_f32),
+                ActivationData::BF16(x) => transpose_into(target, x, now, bf16::to_f32),
+            }
+            self.filled += take;
+            if self.filled == CHUNK_TOKENS {
+                self.flush(par);
+            }
+            rest = later;
+        }
+    }
+
+    /// Multiplies the buffered tokens into the sum.
+    fn flush(&mut self, par: Par) {
+        if self.filled > 0 {
+            T::add_gram(&mut self.sum, &self.chunk, self.filled, self.columns, par);
+            self.filled = 0;
+        }
     }
 }
 
-/// Copies the selected token rows of `x` into `buffer` as a column-major `tokens × n` matrix, in
-/// tiles so that both the reads and the writes stay in cache.
+/// Copies the selected token rows of `x` into `buffer` (token `t`, column `j` at
+/// `j * CHUNK_TOKENS + t`), in tiles so that both the reads and the writes stay in cache.
 fn transpose_into<S: Copy, T: SumFloat>(
     buffer: &mut [T],
     x: ArrayView2<'_, S>,
@@ -258,14 +292,18 @@ fn transpose_into<S: Copy, T: SumFloat>(
     to_f32: impl Fn(S) -> f32,
 ) {
     const TILE: usize = 64;
-    let rows = tokens.len();
+    let x = x.as_standard_layout();
     let n = x.ncols();
-    for t0 in (0..rows).step_by(TILE) {
+    let data = x.as_slice().expect("standard layout");
+    for tile in tokens.chunks(TILE).enumerate() {
+        let (tile_index, tile_tokens) = tile;
         for j0 in (0..n).step_by(TILE) {
-            for (t, &token) in tokens.iter().enumerate().skip(t0).take(TILE) {
-                let row = x.row(token);
-                for j in j0..(j0 + TILE).min(n) {
-                    buffer[j * rows + t] = T::from_f32(to_f32(row[j]));
+            let j1 = (j0 + TILE).min(n);
+            for (k, &token) in tile_tokens.iter().enumerate() {
+                let t = tile_index * TILE + k;
+                let row = &data[token * n + j0..token * n + j1];
+                for (j, &value) in (j0..j1).zip(row) {
+                    buffer[j * CHUNK_TOKENS + t] = T::from_f32(to_f32(value));
                 }
             }
         }

@@ -64,6 +64,7 @@ impl MinMaxGrid {
         self.symmetric
     }
 
+    #[inline]
     fn min_max_params(&self, xmin: f32, xmax: f32) -> GroupParams {
         let max_code = self.max_code();
         let maxq = max_code as f32;
@@ -108,15 +109,10 @@ impl MinMaxGrid {
     }
 }
 
-impl QuantGrid for MinMaxGrid {
-    fn bits(&self) -> u8 {
-        self.bits
-    }
-
-    fn fit(&self, weights: &[f32]) -> GroupParams {
-        let (lo, hi) = weights
-            .iter()
-            .fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+impl MinMaxGrid {
+    /// The fit of `[lo, hi]`, the (0-including) range of the values.
+    #[inline]
+    fn fit_range(&self, weights: &[f32], lo: f32, hi: f32) -> GroupParams {
         let (mut xmin, mut xmax) = (lo, hi);
         if self.symmetric {
             xmax = xmax.max(xmin.abs());
@@ -133,6 +129,39 @@ impl QuantGrid for MinMaxGrid {
             None => self.min_max_params(xmin, xmax),
             Some(clip) => self.clip(clip, weights, xmin, xmax),
         }
+    }
+}
+
+/// `(min(values, 0), max(values, 0))`.
+#[inline]
+fn range(values: &[f32]) -> (f32, f32) {
+    values
+        .iter()
+        .fold((0f32, 0f32), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+impl QuantGrid for MinMaxGrid {
+    fn bits(&self) -> u8 {
+        self.bits
+    }
+
+    #[inline]
+    fn fit(&self, weights: &[f32]) -> GroupParams {
+        let (lo, hi) = range(weights);
+        self.fit_range(weights, lo, hi)
+    }
+
+    /// Scaling by a positive factor commutes with min and max in f32, so only the range is
+    /// scaled; the clipping search, which needs the scaled values, takes the default path.
+    #[inline]
+    fn fit_scaled(&self, values: &[f32], factor: f32, scratch: &mut Vec<f32>) -> GroupParams {
+        if self.clip_search.is_some() || !(factor > 0.0) {
+            scratch.clear();
+            scratch.extend(values.iter().map(|x| x * factor));
+            return self.fit(scratch);
+        }
+        let (lo, hi) = range(values);
+        self.fit_range(values, lo * factor, hi * factor)
     }
 
     fn spec(&self) -> Option<GridSpec> {
