@@ -382,6 +382,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // plans of a single block
     fn plans_are_validated() {
         let dynamic = GroupPlan::Dynamic {
             group_size: 4,

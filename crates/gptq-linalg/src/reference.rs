@@ -68,7 +68,7 @@ pub fn cholesky(a: ArrayView2<'_, f64>) -> Option<Array2<f64>> {
     let mut l = Array2::<f64>::zeros((n, n));
     for j in 0..n {
         let pivot = a[[j, j]] - l.slice(s![j, ..j]).iter().map(|x| x * x).sum::<f64>();
-        if !(pivot > 0.0) {
+        if pivot <= 0.0 || pivot.is_nan() {
             return None;
         }
         l[[j, j]] = pivot.sqrt();

@@ -90,7 +90,7 @@ impl MinMaxGrid {
         for i in 0..clip.steps() {
             let p = (1.0 - f64::from(i) / f64::from(clip.grid)) as f32;
             let params = self.min_max_params(p * xmin, p * xmax);
-            if !(params.scale > 0.0) {
+            if !usable(params.scale) {
                 continue;
             }
             let err: f64 = weights
@@ -120,7 +120,7 @@ impl MinMaxGrid {
                 xmin = -xmax;
             }
         }
-        if !(self.min_max_params(xmin, xmax).scale > 0.0) {
+        if !usable(self.min_max_params(xmin, xmax).scale) {
             // All zeros (or so tiny the step underflows): any grid containing 0 is exact.
             xmin = -1.0;
             xmax = 1.0;
@@ -130,6 +130,12 @@ impl MinMaxGrid {
             Some(clip) => self.clip(clip, weights, xmin, xmax),
         }
     }
+}
+
+/// A scale every code can use: positive and finite (false for NaN).
+#[inline]
+fn usable(scale: f32) -> bool {
+    scale > 0.0 && scale.is_finite()
 }
 
 /// `(min(values, 0), max(values, 0))`.
@@ -155,7 +161,7 @@ impl QuantGrid for MinMaxGrid {
     /// scaled; the clipping search, which needs the scaled values, takes the default path.
     #[inline]
     fn fit_scaled(&self, values: &[f32], factor: f32, scratch: &mut Vec<f32>) -> GroupParams {
-        if self.clip_search.is_some() || !(factor > 0.0) {
+        if self.clip_search.is_some() || factor.is_sign_negative() || factor == 0.0 {
             scratch.clear();
             scratch.extend(values.iter().map(|x| x * factor));
             return self.fit(scratch);

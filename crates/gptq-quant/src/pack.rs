@@ -257,6 +257,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::needless_range_loop)] // written like the reference's loops, on purpose
     fn three_bit_stream_matches_the_reference_word_layout() {
         // The reference packs value 10 across words 0 and 1, value 21 across words 1 and 2.
         let values: Vec<u32> = (0..32).map(|j| (j * 5 + 3) % 8).collect();

@@ -80,7 +80,12 @@ pub fn solve_plan<G: QuantGrid + ?Sized>(
         GroupSize::PerChannel => SolvePlan {
             blocks: uniform(),
             groups: GroupPlan::Fixed {
-                table: fit_table(grid, inputs.per_channel_source, &[0..columns], search),
+                table: fit_table(
+                    grid,
+                    inputs.per_channel_source,
+                    &group_ranges(columns, columns),
+                    search,
+                ),
                 slot_of_column: vec![0; columns],
             },
         },

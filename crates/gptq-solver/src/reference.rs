@@ -89,7 +89,7 @@ pub fn gptq(
                 } else {
                     zeroed_std.view()
                 };
-                (fit(source, &[0..n]), Some(vec![0; n]))
+                (fit(source, &group_ranges(n, n)), Some(vec![0; n]))
             }
             GroupSize::Columns(g) if config.static_groups() => (
                 fit(zeroed_std.view(), &group_ranges(n, g)),
