@@ -10,9 +10,15 @@ use gptq_core::{
 use half::{bf16, f16};
 use ndarray::{Array2, ArrayView2};
 
-/// Tokens converted and multiplied at a time: large enough for an efficient product, small
-/// enough that the transposed copy stays a modest buffer.
-const CHUNK_TOKENS: usize = 1024;
+/// Elements of the token buffer: tokens are multiplied in chunks of `BUFFER_ELEMENTS / columns`
+/// (1024 tokens at 4096 columns, more for narrower layers so that each product stays large
+/// enough to run near the GEMM rate), a 32 MiB buffer in f64.
+const BUFFER_ELEMENTS: usize = 1 << 22;
+
+/// Tokens per chunk for a layer of `columns` inputs.
+fn chunk_tokens(columns: usize) -> usize {
+    (BUFFER_ELEMENTS / columns).clamp(64, 8192)
+}
 
 /// A finished Hessian `H = (2/N) Σ x xᵀ` (symmetric, f64) and the `N` it was averaged over.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,9 +84,10 @@ enum LowerSum {
 /// Streams activation batches into a Hessian on the CPU.
 ///
 /// Each batch is validated whole before anything is added, so a rejected batch leaves the sum
-/// untouched. Kept tokens are transposed into a column-major buffer of 1024 tokens, filled across
-/// batches, and each full buffer is multiplied into the lower triangle only (a SYRK), in f64 by
-/// default. Small batches therefore cost the same as large ones.
+/// untouched. Kept tokens are transposed into a column-major buffer (1024 tokens at 4096
+/// columns, more for narrower layers), filled across batches, and each full buffer is multiplied
+/// into the lower triangle only (a SYRK), in f64 by default. Small batches therefore cost the
+/// same as large ones.
 pub struct CpuHessianAccumulator {
     columns: usize,
     sum: LowerSum,
@@ -203,8 +210,8 @@ impl HessianAccumulator for CpuHessianAccumulator {
 trait SumFloat: Copy + Default {
     fn from_f32(x: f32) -> Self;
     /// `sum += xᵀ x` on the lower triangle, `x` being `rows × n` column-major with column
-    /// stride `CHUNK_TOKENS`.
-    fn add_gram(sum: &mut [Self], x: &[Self], rows: usize, n: usize, par: Par);
+    /// stride `stride`.
+    fn add_gram(sum: &mut [Self], x: &[Self], rows: usize, n: usize, stride: usize, par: Par);
 }
 
 macro_rules! impl_sum_float {
@@ -214,8 +221,15 @@ macro_rules! impl_sum_float {
             fn from_f32(x: f32) -> Self {
                 x as $t
             }
-            fn add_gram(sum: &mut [Self], x: &[Self], rows: usize, n: usize, par: Par) {
-                let x = MatRef::from_column_major_slice_with_stride(x, rows, n, CHUNK_TOKENS);
+            fn add_gram(
+                sum: &mut [Self],
+                x: &[Self],
+                rows: usize,
+                n: usize,
+                stride: usize,
+                par: Par,
+            ) {
+                let x = MatRef::from_column_major_slice_with_stride(x, rows, n, stride);
                 matmul(
                     MatMut::from_column_major_slice_mut(sum, n, n),
                     BlockStructure::TriangularLower,
@@ -239,8 +253,9 @@ struct Accumulation<T> {
     columns: usize,
     /// `columns × columns`, column-major, lower triangle valid.
     sum: Vec<T>,
-    /// `CHUNK_TOKENS × columns`, column-major: token `t`, column `j` at `j * CHUNK_TOKENS + t`.
+    /// `capacity × columns`, column-major: token `t`, column `j` at `j * capacity + t`.
     chunk: Vec<T>,
+    capacity: usize,
     filled: usize,
 }
 
@@ -249,7 +264,8 @@ impl<T: SumFloat> Accumulation<T> {
         Accumulation {
             columns,
             sum: vec![T::default(); columns * columns],
-            chunk: vec![T::default(); CHUNK_TOKENS * columns],
+            chunk: vec![T::default(); chunk_tokens(columns) * columns],
+            capacity: chunk_tokens(columns),
             filled: 0,
         }
     }
@@ -258,16 +274,17 @@ impl<T: SumFloat> Accumulation<T> {
     fn push(&mut self, data: ActivationData<'_>, kept: &[usize], par: Par) {
         let mut rest = kept;
         while !rest.is_empty() {
-            let take = rest.len().min(CHUNK_TOKENS - self.filled);
+            let take = rest.len().min(self.capacity - self.filled);
             let (now, later) = rest.split_at(take);
             let target = &mut self.chunk[self.filled..];
+            let stride = self.capacity;
             match data {
-                ActivationData::F32(x) => transpose_into(target, x, now, |v| v),
-                ActivationData::F16(x) => transpose_into(target, x, now, f16::to_f32),
-                ActivationData::BF16(x) => transpose_into(target, x, now, bf16::to_f32),
+                ActivationData::F32(x) => transpose_into(target, stride, x, now, |v| v),
+                ActivationData::F16(x) => transpose_into(target, stride, x, now, f16::to_f32),
+                ActivationData::BF16(x) => transpose_into(target, stride, x, now, bf16::to_f32),
             }
             self.filled += take;
-            if self.filled == CHUNK_TOKENS {
+            if self.filled == self.capacity {
                 self.flush(par);
             }
             rest = later;
@@ -277,16 +294,24 @@ impl<T: SumFloat> Accumulation<T> {
     /// Multiplies the buffered tokens into the sum.
     fn flush(&mut self, par: Par) {
         if self.filled > 0 {
-            T::add_gram(&mut self.sum, &self.chunk, self.filled, self.columns, par);
+            T::add_gram(
+                &mut self.sum,
+                &self.chunk,
+                self.filled,
+                self.columns,
+                self.capacity,
+                par,
+            );
             self.filled = 0;
         }
     }
 }
 
 /// Copies the selected token rows of `x` into `buffer` (token `t`, column `j` at
-/// `j * CHUNK_TOKENS + t`), in tiles so that both the reads and the writes stay in cache.
+/// `j * stride + t`), in tiles so that both the reads and the writes stay in cache.
 fn transpose_into<S: Copy, T: SumFloat>(
     buffer: &mut [T],
+    stride: usize,
     x: ArrayView2<'_, S>,
     tokens: &[usize],
     to_f32: impl Fn(S) -> f32,
@@ -303,7 +328,7 @@ fn transpose_into<S: Copy, T: SumFloat>(
                 let t = tile_index * TILE + k;
                 let row = &data[token * n + j0..token * n + j1];
                 for (j, &value) in (j0..j1).zip(row) {
-                    buffer[j * CHUNK_TOKENS + t] = T::from_f32(to_f32(value));
+                    buffer[j * stride + t] = T::from_f32(to_f32(value));
                 }
             }
         }

@@ -43,8 +43,8 @@ fn batches(columns: usize, sizes: &[(usize, usize)]) -> Vec<(Array2<f32>, usize)
 
 #[test]
 fn hessian_matches_the_reference_running_mean() {
-    // 1500 tokens in one batch crosses the 1024-token chunk boundary.
-    let data = batches(70, &[(30, 2), (1500, 3), (7, 1)]);
+    // At 70 columns a chunk holds 8192 tokens: the 9000 tokens of the middle batch cross it.
+    let data = batches(70, &[(30, 2), (9000, 3), (7, 1)]);
     let views: Vec<_> = data.iter().map(|(x, s)| (x.view(), *s)).collect();
     let expected = reference::hessian(&views);
     let h64 = accumulate(70, HessianPrecision::F64, Par::Seq, &data);
