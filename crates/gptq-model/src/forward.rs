@@ -22,7 +22,7 @@ use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, LinearId};
-use crate::ops::{RopeTable, exp_f32, is_parallel, rms_norm_par, silu_mul_inplace};
+use crate::ops::{RopeTable, is_parallel, rms_norm_par, silu_mul_inplace, softmax_in_place};
 
 /// Query rows per attention block. Causal attention only needs keys up to the block's last
 /// query, so blocking skips most of the masked upper triangle (12 % waste at 512 tokens)
@@ -199,20 +199,6 @@ fn head_attention(q: &[f32], k: &[f32], v: &[f32], g: &HeadGeometry) -> Vec<f32>
         );
     }
     out
-}
-
-/// Softmax with max subtraction, in f32.
-fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = exp_f32(*v - max);
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
 }
 
 /// The MLP up to, not including, `down_proj`: `silu(gate_proj(x)) ⊙ up_proj(x)`.

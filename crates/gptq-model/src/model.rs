@@ -11,7 +11,7 @@ use crate::error::{ModelError, Result};
 use crate::forward::forward_layer;
 use crate::layer::{DecoderLayer, LinearId};
 use crate::linear::{Linear, matmul_xwt};
-use crate::ops::{exp_f32, is_parallel, rms_norm_par};
+use crate::ops::{is_parallel, log_sum_exp, rms_norm_par};
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightStore;
 
@@ -296,26 +296,6 @@ impl Model {
         }
         Ok(sums)
     }
-}
-
-/// `ln Σ exp(x)` with max subtraction. The vectorizable [`exp_f32`] keeps this cheap (it runs
-/// once per vocabulary entry and token); partial sums of 256 terms go into an f64 total so
-/// that a 50k-way sum does not lose the small terms.
-fn log_sum_exp(x: &[f32]) -> f64 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut total = 0f64;
-    for block in x.chunks(256) {
-        let mut acc = [0f32; 8];
-        let mut it = block.chunks_exact(8);
-        for c in &mut it {
-            for i in 0..8 {
-                acc[i] += exp_f32(c[i] - max);
-            }
-        }
-        let tail: f32 = it.remainder().iter().map(|&v| exp_f32(v - max)).sum();
-        total += (acc.iter().sum::<f32>() + tail) as f64;
-    }
-    max as f64 + total.ln()
 }
 
 /// Looks up rows of `table` (`[vocab, hidden]`) for `tokens`, checking every id.

@@ -28,17 +28,24 @@ pub fn exp_f32(x: f32) -> f32 {
     // Adding then subtracting 1.5·2²³ rounds to the nearest integer without a libm call.
     const ROUND: f32 = 12_582_912.0;
     // Below -87.3 the result would be subnormal; above 88 2ⁿ overflows the exponent field.
-    let x = x.clamp(-87.3, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // Compare-and-select rather than clamp or max/min: it vectorizes, and keeps a NaN a NaN
+    // (comparisons with NaN are false) so that a diverging activation stays visible.
+    let x = if x < -87.3 { -87.3 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // n sits in the low mantissa bits of t: 2ⁿ from integer operations alone, which vectorize
+    // where a float-to-int `as` cast (saturating, NaN-checking) does not.
+    let n_int = t.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     y * scale
 }
 
@@ -105,14 +112,50 @@ pub fn rms_norm_par(
     Ok(out)
 }
 
-/// `silu(gate) ⊙ up`, written into `gate`.
-pub(crate) fn silu_mul_inplace(gate: &mut [f32], up: &[f32], par: Par) {
-    let f = |(g, u): (&mut [f32], &[f32])| {
-        for (g, &u) in g.iter_mut().zip(u) {
-            let x = *g;
-            *g = x / (1.0 + exp_f32(-x)) * u;
+/// Whether this CPU runs the AVX2+FMA versions of the element-wise kernels. The crate is
+/// built for the baseline x86-64 target, where these loops get 4-lane SSE2 code; compiling a
+/// second copy with AVX2 enabled doubles their width. (`is_x86_feature_detected!` caches its
+/// answer, so asking per call is cheap.)
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_avx2() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// Defines `$name` calling `$generic` compiled twice: for the baseline target and with AVX2.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident / $avx:ident = $generic:ident ($($a:ident : $t:ty),*) $(-> $r:ty)?) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        fn $avx($($a: $t),*) $(-> $r)? {
+            $generic($($a),*)
+        }
+
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                // SAFETY: the CPU supports the features $avx was compiled for.
+                return unsafe { $avx($($a),*) };
+            }
+            $generic($($a),*)
         }
     };
+}
+
+#[inline(always)]
+fn silu_mul_generic(gate: &mut [f32], up: &[f32]) {
+    for (g, &u) in gate.iter_mut().zip(up) {
+        let x = *g;
+        *g = x / (1.0 + exp_f32(-x)) * u;
+    }
+}
+
+multiversion!(fn silu_mul / silu_mul_avx2 = silu_mul_generic(gate: &mut [f32], up: &[f32]));
+
+/// `silu(gate) ⊙ up`, written into `gate`.
+pub(crate) fn silu_mul_inplace(gate: &mut [f32], up: &[f32], par: Par) {
+    let f = |(g, u): (&mut [f32], &[f32])| silu_mul(g, u);
     const CHUNK: usize = 1 << 14;
     if is_parallel(par) {
         gate.par_chunks_mut(CHUNK)
@@ -122,6 +165,75 @@ pub(crate) fn silu_mul_inplace(gate: &mut [f32], up: &[f32], par: Par) {
         gate.chunks_mut(CHUNK).zip(up.chunks(CHUNK)).for_each(f);
     }
 }
+
+/// Maximum of a slice in eight lanes (a sequential fold would not vectorize).
+#[inline(always)]
+fn max_lanes(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for i in 0..8 {
+            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        }
+    }
+    it.remainder()
+        .iter()
+        .chain(&acc)
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Sum of a slice in eight lanes.
+#[inline(always)]
+fn sum_lanes(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut it = x.chunks_exact(8);
+    for c in &mut it {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    acc.iter().sum::<f32>() + it.remainder().iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn softmax_generic(x: &mut [f32]) {
+    let max = max_lanes(x);
+    for v in x.iter_mut() {
+        *v = exp_f32(*v - max);
+    }
+    let inv = 1.0 / sum_lanes(x);
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+multiversion!(
+    /// Softmax with max subtraction, in f32, in place.
+    pub(crate) fn softmax_in_place / softmax_avx2 = softmax_generic(x: &mut [f32])
+);
+
+#[inline(always)]
+fn log_sum_exp_generic(x: &[f32]) -> f64 {
+    let max = max_lanes(x);
+    let mut total = 0f64;
+    let mut buf = [0f32; 256];
+    for block in x.chunks(256) {
+        let buf = &mut buf[..block.len()];
+        for (b, &v) in buf.iter_mut().zip(block) {
+            *b = exp_f32(v - max);
+        }
+        total += sum_lanes(buf) as f64;
+    }
+    max as f64 + total.ln()
+}
+
+multiversion!(
+    /// `ln Σ exp(x)` with max subtraction. It runs once per vocabulary entry and predicted
+    /// token, so it uses the vectorizable [`exp_f32`]; partial sums of 256 terms go into an
+    /// f64 total so that a 50k-way sum does not lose the small terms.
+    pub(crate) fn log_sum_exp / log_sum_exp_avx2 = log_sum_exp_generic(x: &[f32]) -> f64
+);
 
 /// cos/sin tables of rotary position embeddings for positions `0..len`, `[len, head_dim/2]`
 /// each, computed like transformers' `LlamaRotaryEmbedding` (f32 inverse frequencies,
@@ -199,6 +311,25 @@ mod tests {
         assert_eq!(exp_f32(0.0), 1.0);
         assert!(exp_f32(-1e30) >= 0.0 && exp_f32(-1e30) < 1e-37);
         assert!(exp_f32(1e30).is_finite());
+    }
+
+    #[test]
+    fn softmax_and_log_sum_exp() {
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 20.0).collect();
+        let m = x.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let lse = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+        assert!((log_sum_exp(&x) - lse).abs() < 1e-5);
+        let mut y = x.clone();
+        softmax_in_place(&mut y);
+        for (a, b) in y.iter().zip(&x) {
+            assert!((*a as f64 - (*b as f64 - lse).exp()).abs() < 1e-6);
+        }
+        let mut g = vec![-100.0f32, -1.0, 0.0, 2.0, 100.0];
+        silu_mul_inplace(&mut g, &[2.0; 5], Par::Seq);
+        let want = [-0.0, -2.0 * 0.268_941_43, 0.0, 2.0 * 1.761_594_2, 200.0];
+        for (a, b) in g.iter().zip(want) {
+            assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+        }
     }
 
     #[test]
