@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use gptq_model::calib::{load_calib_json, load_calib_text};
+use gptq_model::calib::{load_calib_json, load_calib_jsonl, load_calib_text};
 use gptq_model::{
     Checkpoint, LinearId, ModelError, Par, PerplexityOptions, Tokenizer, attention_core,
     forward_layer_observed, perplexity,

@@ -554,3 +554,65 @@ fn model_token_error(tiny: &Tiny) -> String {
     let model = Checkpoint::open(dir.path()).unwrap().load_model().unwrap();
     model.embed(&[1, 64]).unwrap_err().to_string()
 }
+
+#[test]
+fn calib_json_validation() {
+    let dir = TempDir::new("calib");
+    let p = dir.path().join("calib.json");
+    std::fs::write(&p, r#"{"windows": [[1, 2, 3], [4, 5]]}"#).unwrap();
+    assert_eq!(
+        gptq_model::calib::load_calib_json(&p, 6).unwrap(),
+        vec![vec![1, 2, 3], vec![4, 5]]
+    );
+    let msg = gptq_model::calib::load_calib_json(&p, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("token id 5 in window 1") && msg.contains("vocabulary of 5"),
+        "{msg}"
+    );
+    std::fs::write(&p, r#"{"samples": []}"#).unwrap();
+    let msg = gptq_model::calib::load_calib_json(&p, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`windows`"), "{msg}");
+    std::fs::write(&p, r#"{"windows": []}"#).unwrap();
+    assert!(gptq_model::calib::load_calib_json(&p, 5).is_err());
+}
+
+#[test]
+fn perplexity_protocol_windows() {
+    let tokens: Vec<u32> = (0..1000).map(|i| (i % 64) as u32).collect();
+    let w = gptq_model::eval_windows(&tokens, 300, None).unwrap();
+    assert_eq!(w.len(), 3);
+    assert_eq!(w[1][0], 300 % 64);
+    assert_eq!(
+        gptq_model::eval_windows(&tokens, 300, Some(2))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(gptq_model::eval_windows(&tokens, 1001, None).is_err());
+
+    let tiny = Tiny::default();
+    let dir = tiny.write(5);
+    let model = Checkpoint::open(dir.path()).unwrap().load_model().unwrap();
+    let opts = |batch| gptq_model::PerplexityOptions {
+        seqlen: 300,
+        max_windows: None,
+        batch_windows: batch,
+        par: Par::rayon(2),
+    };
+    let a = gptq_model::perplexity(&model, &tokens, &opts(1), |_, _| {}).unwrap();
+    let b = gptq_model::perplexity(&model, &tokens, &opts(2), |_, _| {}).unwrap();
+    assert_eq!(a.windows, 3);
+    assert_eq!(a.predicted_tokens, 3 * 299);
+    assert!((a.perplexity - b.perplexity).abs() < 1e-4 * a.perplexity);
+    assert!(
+        a.perplexity.is_finite() && a.perplexity > 1.0,
+        "{}",
+        a.perplexity
+    );
+    let sums = model.nll(&tokens[..300], &[300], Par::Seq).unwrap();
+    assert!((sums[0].sum / 299.0 - a.window_nll[0]).abs() < 1e-4);
+}
