@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use gptq_model::calib::{load_calib_json, load_calib_jsonl, load_calib_text};
+use gptq_model::calib::{load_calib_json, load_calib_jsonl, load_calib_text, sample_windows};
 use gptq_model::{
     Checkpoint, LinearId, ModelError, Par, PerplexityOptions, Tokenizer, attention_core,
     forward_layer_observed, perplexity,
@@ -124,10 +124,11 @@ fn calibration_loaders() {
     let tok = Tokenizer::from_dir(smollm2_dir(&shared)).unwrap();
     let text = shared.join("data/calib/tinyshakespeare.txt");
     let a = load_calib_text(&text, &tok, 8, 256, 0).unwrap();
-    assert_eq!(a, load_calib_text(&text, &tok, 8, 256, 0).unwrap());
     assert!(a.iter().all(|w| w.len() == 256));
+    // Tokenizing is slow in an unoptimized test build: tokenize once more, reuse the ids.
     let all = tok.encode_file(&text, false).unwrap();
-    let err = load_calib_text(&text, &tok, 1, all.len() + 1, 0)
+    assert_eq!(a, sample_windows(&all, 8, 256, 0).unwrap());
+    let err = sample_windows(&all, 1, all.len() + 1, 0)
         .unwrap_err()
         .to_string();
     assert!(
@@ -137,6 +138,23 @@ fn calibration_loaders() {
         )),
         "{err}"
     );
+    // Every drawn window is a slice of the whole text's tokens.
+    assert!(a.iter().all(|w| all.windows(256).any(|x| x == &w[..])));
+
+    let jsonl = Path::new(env!("CARGO_TARGET_TMPDIR")).join("calib-test.jsonl");
+    let long = "word ".repeat(300);
+    std::fs::write(
+        &jsonl,
+        format!("{{\"text\": \"Hello world\"}}\n\n{{\"text\": \"{long}\", \"id\": 3}}\n{{\"text\": \"\"}}\n"),
+    )
+    .unwrap();
+    let samples = load_calib_jsonl(&jsonl, &tok, 128).unwrap();
+    assert_eq!(samples.len(), 2);
+    assert_eq!(samples[0], tok.encode("Hello world", false).unwrap());
+    assert_eq!(samples[1].len(), 128);
+    std::fs::write(&jsonl, "{\"text\": \"ok\"}\n{\"body\": \"no text\"}\n").unwrap();
+    let err = load_calib_jsonl(&jsonl, &tok, 128).unwrap_err().to_string();
+    assert!(err.contains("line 2") && err.contains("`text`"), "{err}");
 }
 
 #[test]
