@@ -11,8 +11,11 @@
 //!   laid end to end, with every product a faer GEMM.
 //! - [`perplexity`] by the GPTQ paper's protocol, and calibration loaders ([`calib`]).
 //!
-//! Parallelism is the caller's choice: every compute function takes a [`faer::Par`]
-//! (`Par::Seq`, or `Par::rayon(n)` to use `n` threads of the current rayon pool).
+//! Parallelism is the caller's choice: every compute function takes a [`faer::Par`].
+//! `Par::Seq` runs on the calling thread. `Par::rayon(n)` splits each GEMM into `n` tasks and
+//! spreads attention heads and element-wise work over the *current* rayon pool, so to use
+//! exactly `n` threads, run inside a `rayon::ThreadPool` of `n` threads
+//! (`pool.install(|| ...)`); `Par::rayon(0)` means "as many as the pool has".
 
 #![warn(missing_docs)]
 

@@ -243,7 +243,7 @@ impl Model {
     }
 
     /// Next-token NLL of each sequence: position `t` predicts token `t + 1`. Logits are made
-    /// [`LOGIT_ROWS`] rows at a time and reduced at once, so memory stays bounded.
+    /// 256 rows at a time and reduced at once, so memory stays bounded whatever the batch.
     pub fn nll(&self, tokens: &[u32], seq_lens: &[usize], par: Par) -> Result<Vec<NllSum>> {
         let hidden = self.final_hidden(tokens, seq_lens, par)?;
         let (w, bias) = match &self.lm_head {
