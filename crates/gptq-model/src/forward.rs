@@ -23,6 +23,7 @@ use rayon::prelude::*;
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, LinearId};
 use crate::ops::{RopeTable, is_parallel, rms_norm_par, silu_mul_inplace, softmax_in_place};
+use crate::pool::recycle;
 
 /// Query rows per attention block. Causal attention only needs keys up to the block's last
 /// query, so blocking skips most of the masked upper triangle (12 % waste at 512 tokens)
@@ -89,6 +90,9 @@ pub fn attention_core(
     let qs = q.as_slice().expect("fresh array");
     let ks = k.as_slice().expect("fresh array");
     let vs = v.as_slice().expect("fresh array");
+    let width = s.q_width();
+    let mut out = crate::pool::zeros(q.nrows(), width);
+    let dst = OutPtr(out.as_mut_ptr());
     let run = |&(i, h): &(usize, usize)| {
         let geo = HeadGeometry {
             start: starts[i],
@@ -100,24 +104,44 @@ pub fn attention_core(
             kv_col: (h / group) * d,
             window: s.sliding_window,
         };
-        head_attention(qs, ks, vs, &geo)
+        // SAFETY: `out` outlives every task; task (i, h) writes only rows
+        // starts[i]..starts[i]+seq_lens[i] of columns h·d..(h+1)·d, and no two tasks share
+        // both a sequence and a head, so the regions written are disjoint and nothing reads
+        // `out` until all tasks are done.
+        let block = unsafe {
+            MatMut::from_raw_parts_mut(
+                dst.get().add(starts[i] * width + h * d),
+                seq_lens[i],
+                d,
+                width as isize,
+                1,
+            )
+        };
+        head_attention(qs, ks, vs, &geo, block);
     };
-    let outs: Vec<Vec<f32>> = if is_parallel(par) {
-        tasks.par_iter().map(run).collect()
+    if is_parallel(par) {
+        tasks.par_iter().for_each(run);
     } else {
-        tasks.iter().map(run).collect()
-    };
-
-    let width = s.q_width();
-    let mut out = Array2::<f32>::zeros((q.nrows(), width));
-    let dst = out.as_slice_mut().expect("fresh array");
-    for (&(i, h), o) in tasks.iter().zip(&outs) {
-        for (t, row) in o.chunks_exact(d).enumerate() {
-            let at = (starts[i] + t) * width + h * d;
-            dst[at..at + d].copy_from_slice(row);
-        }
+        tasks.iter().for_each(run);
+    }
+    for a in [q, k, v] {
+        recycle(a);
     }
     Ok(out)
+}
+
+/// The output pointer shared by the attention tasks, which write disjoint blocks through it.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: see the use in `attention_core`: tasks write disjoint regions.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not field access) so that closures capture the whole `Sync` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
 }
 
 /// Rotates (and scales) every row of `x` in place at its position within its sequence.
@@ -147,10 +171,9 @@ struct HeadGeometry {
     window: Option<usize>,
 }
 
-/// Causal attention of one head over one sequence; returns `[len, head_dim]` row-major.
-fn head_attention(q: &[f32], k: &[f32], v: &[f32], g: &HeadGeometry) -> Vec<f32> {
-    let (len, d) = (g.len, g.head_dim);
-    let mut out = vec![0f32; len * d];
+/// Causal attention of one head over one sequence, written into `out` (`[len, head_dim]`).
+fn head_attention(q: &[f32], k: &[f32], v: &[f32], g: &HeadGeometry, mut out: MatMut<'_, f32>) {
+    let len = g.len;
     let mut scores = vec![0f32; QUERY_BLOCK.min(len) * len];
     // Strided views of this head's columns: no copy of q, k or v.
     fn view<'a>(
@@ -190,7 +213,7 @@ fn head_attention(q: &[f32], k: &[f32], v: &[f32], g: &HeadGeometry) -> Vec<f32>
             row[hi..].fill(0.0);
         }
         matmul(
-            MatMut::from_row_major_slice_mut(&mut out[r0 * d..r1 * d], rows, d),
+            out.as_mut().subrows_mut(r0, rows),
             Accum::Replace,
             MatRef::from_row_major_slice(sc, rows, nk),
             view(v, g, g.kv_stride, g.kv_col, k0, nk),
@@ -198,7 +221,6 @@ fn head_attention(q: &[f32], k: &[f32], v: &[f32], g: &HeadGeometry) -> Vec<f32>
             Par::Seq,
         );
     }
-    out
 }
 
 /// The MLP up to, not including, `down_proj`: `silu(gate_proj(x)) ⊙ up_proj(x)`.
@@ -215,6 +237,7 @@ pub fn mlp_inner(
         up.as_slice().expect("fresh array"),
         par,
     );
+    recycle(up);
     Ok(gate)
 }
 
@@ -259,14 +282,15 @@ where
         input: normed.view(),
     })?;
     let attn = attention_core(layer, normed.view(), seq_lens, par)?;
-    drop(normed);
+    recycle(normed);
     observe(LinearInput {
         ids: LinearId::O.input_group(),
         input: attn.view(),
     })?;
-    let mut h = x.to_owned();
+    let mut h = crate::pool::zeros(x.nrows(), x.ncols());
+    h.assign(&x);
     layer.o_proj.forward_add(attn.view(), &mut h, par)?;
-    drop(attn);
+    recycle(attn);
     let normed2 = rms_norm_par(
         h.view(),
         layer.post_attention_layernorm.view(),
@@ -278,11 +302,12 @@ where
         input: normed2.view(),
     })?;
     let inner = mlp_inner(layer, normed2.view(), par)?;
-    drop(normed2);
+    recycle(normed2);
     observe(LinearInput {
         ids: LinearId::Down.input_group(),
         input: inner.view(),
     })?;
     layer.down_proj.forward_add(inner.view(), &mut h, par)?;
+    recycle(inner);
     Ok(h)
 }

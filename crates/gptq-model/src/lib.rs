@@ -28,6 +28,7 @@ mod layer;
 mod linear;
 mod model;
 mod ops;
+mod pool;
 mod tokenizer;
 pub mod weights;
 
@@ -39,6 +40,7 @@ pub use layer::{DecoderLayer, LinearId};
 pub use linear::Linear;
 pub use model::{Checkpoint, EMBED_TOKENS, FINAL_NORM, LM_HEAD, Model, NllSum, embed};
 pub use ops::{RopeTable, exp_f32, rms_norm, rms_norm_par};
+pub use pool::set_buffer_pool_limit;
 pub use tokenizer::Tokenizer;
 pub use weights::WeightStore;
 

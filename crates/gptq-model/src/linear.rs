@@ -99,14 +99,11 @@ impl Linear {
     /// `x · Wᵀ + b` for `x` of shape `[tokens, in_features]`.
     pub fn forward(&self, x: ArrayView2<'_, f32>, par: Par) -> Result<Array2<f32>> {
         self.check_input(&x)?;
-        let mut out = match &self.bias {
+        let mut out = crate::pool::zeros(x.nrows(), self.out_features());
+        if let Some(b) = &self.bias {
             // Start from the bias so that the product accumulates onto it in one pass.
-            Some(b) => b
-                .broadcast((x.nrows(), b.len()))
-                .expect("bias length checked")
-                .to_owned(),
-            None => Array2::zeros((x.nrows(), self.out_features())),
-        };
+            out += b;
+        }
         matmul_xwt(
             out.view_mut(),
             self.bias.is_some(),

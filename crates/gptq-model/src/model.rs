@@ -12,6 +12,7 @@ use crate::forward::forward_layer;
 use crate::layer::{DecoderLayer, LinearId};
 use crate::linear::{Linear, matmul_xwt};
 use crate::ops::{is_parallel, log_sum_exp, rms_norm_par};
+use crate::pool::recycle;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightStore;
 
@@ -220,9 +221,12 @@ impl Model {
     ) -> Result<Array2<f32>> {
         let mut x = self.embed(tokens)?;
         for layer in &self.layers {
-            x = forward_layer(layer, x.view(), seq_lens, par)?;
+            let next = forward_layer(layer, x.view(), seq_lens, par)?;
+            recycle(std::mem::replace(&mut x, next));
         }
-        rms_norm_par(x.view(), self.norm.view(), self.config.rms_norm_eps, par)
+        let out = rms_norm_par(x.view(), self.norm.view(), self.config.rms_norm_eps, par);
+        recycle(x);
+        out
     }
 
     /// Logits `[tokens, vocab]`. For long inputs prefer [`Model::nll`], which never holds
@@ -294,6 +298,8 @@ impl Model {
                 sums[sid].count += 1;
             }
         }
+        recycle(hidden);
+        recycle(logits);
         Ok(sums)
     }
 }

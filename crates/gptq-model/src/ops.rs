@@ -75,7 +75,7 @@ pub fn rms_norm_par(
     }
     let x = x.as_standard_layout();
     let w = weight.to_vec();
-    let mut out = Array2::<f32>::zeros(x.dim());
+    let mut out = crate::pool::zeros(x.nrows(), x.ncols());
     if h == 0 || x.nrows() == 0 {
         return Ok(out);
     }
