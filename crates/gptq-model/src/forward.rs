@@ -67,8 +67,8 @@ pub fn attention_core(
     let d = s.head_dim;
     let max_len = seq_lens.iter().copied().max().unwrap_or(0);
     let rope = RopeTable::new(max_len, d, s.rope_theta);
-    // Folding the 1/sqrt(d) score scale into q costs nothing here; for the usual power-of-two
-    // head widths it is exact, so scores round as transformers' do.
+    // Folding the 1/sqrt(d) score scale into q costs nothing here; for head_dim 64 (1/8) it is
+    // exact, so scores round as transformers' do.
     let scale = 1.0 / (d as f32).sqrt();
     let positions: Vec<usize> = seq_lens.iter().flat_map(|&n| 0..n).collect();
     rotate_rows(&mut q, &positions, &rope, scale, par);

@@ -11,6 +11,9 @@
 //!   laid end to end, with every product a faer GEMM.
 //! - [`perplexity`] by the GPTQ paper's protocol, and calibration loaders ([`calib`]).
 //!
+//! Examples: `examples/perplexity.rs` (WikiText-2 perplexity of a checkpoint) and
+//! `examples/layer_bench.rs` (layer-forward GFLOP/s against faer's plain GEMM).
+//!
 //! Parallelism is the caller's choice: every compute function takes a [`faer::Par`].
 //! `Par::Seq` runs on the calling thread. `Par::rayon(n)` splits each GEMM into `n` tasks and
 //! spreads attention heads and element-wise work over the *current* rayon pool, so to use
