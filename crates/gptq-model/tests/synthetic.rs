@@ -616,3 +616,20 @@ fn perplexity_protocol_windows() {
     let sums = model.nll(&tokens[..300], &[300], Par::Seq).unwrap();
     assert!((sums[0].sum / 299.0 - a.window_nll[0]).abs() < 1e-4);
 }
+
+#[test]
+fn recycled_buffers_do_not_change_results() {
+    let tiny = Tiny::default();
+    let dir = tiny.write(9);
+    let layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+    // Big enough (> 1 MiB per temporary) for the pool to keep the buffers.
+    let x = random_input(9000, tiny.hidden, 4);
+    let lens = [100; 90];
+    let first = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+    let second = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+    assert_eq!(first, second);
+    gptq_model::set_buffer_pool_limit(0);
+    let third = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+    gptq_model::set_buffer_pool_limit(512 << 20);
+    assert_eq!(first, third);
+}
