@@ -4,7 +4,9 @@
 //! (normed input, q/k/v, attention output, gate/up). Large allocations are memory-mapped
 //! fresh by the system allocator and returned on free, so every call page-faults through
 //! all of it again: measured at 260k faults and ~15 % of the layer's time on two cores.
-//! Recycling the temporaries here keeps their pages mapped between calls.
+//! Recycling the temporaries here keeps their pages mapped between calls, and fresh large
+//! buffers are advised to use transparent huge pages (2 MiB instead of 4 KiB pages: 512×
+//! fewer faults; on 16 × 512 tokens this took the layer from 674 to 555 ms).
 
 use std::sync::Mutex;
 
@@ -73,9 +75,57 @@ pub(crate) fn zeros(rows: usize, cols: usize) -> Array2<f32> {
             v.resize(n, 0.0);
             Array2::from_shape_vec((rows, cols), v).expect("length is rows * cols")
         }
-        None => Array2::zeros((rows, cols)),
+        None => {
+            Array2::from_shape_vec((rows, cols), fresh_zeroed(n)).expect("length is rows * cols")
+        }
     }
 }
+
+/// A new zeroed buffer of `n` floats. `alloc_zeroed` lets the allocator hand out fresh
+/// (already zero) pages without writing them, so the huge-page advice below still applies
+/// when they are first touched.
+fn fresh_zeroed(n: usize) -> Vec<f32> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let layout = std::alloc::Layout::array::<f32>(n).expect("buffer size overflows");
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) }.cast::<f32>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    advise_huge_pages(ptr.cast::<u8>(), layout.size());
+    // SAFETY: allocated by the global allocator with the layout of `[f32; n]`; all-zero bytes
+    // are valid f32 values (0.0).
+    unsafe { Vec::from_raw_parts(ptr, n, n) }
+}
+
+/// Asks Linux to back the 2 MiB-aligned interior of `[ptr, ptr + len)` with transparent huge
+/// pages. Advice only: contents are unchanged, and where THP is off the call fails harmlessly.
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    const HUGE: usize = 2 << 20;
+    const MADV_HUGEPAGE: std::ffi::c_int = 14;
+    unsafe extern "C" {
+        fn madvise(
+            addr: *mut std::ffi::c_void,
+            len: usize,
+            advice: std::ffi::c_int,
+        ) -> std::ffi::c_int;
+    }
+    let start = (ptr as usize).next_multiple_of(HUGE);
+    let end = (ptr as usize + len) / HUGE * HUGE;
+    if end > start {
+        // SAFETY: the range lies inside a live allocation of ours, and MADV_HUGEPAGE neither
+        // unmaps nor changes its contents. The result is ignored: the advice is optional.
+        unsafe {
+            madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE);
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_ptr: *mut u8, _len: usize) {}
 
 /// Hands an array no longer needed back for reuse (or frees it if the pool is full).
 pub(crate) fn recycle(a: Array2<f32>) {
