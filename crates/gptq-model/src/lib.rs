@@ -43,7 +43,7 @@ pub use layer::{DecoderLayer, LinearId};
 pub use linear::Linear;
 pub use model::{Checkpoint, EMBED_TOKENS, FINAL_NORM, LM_HEAD, Model, NllSum, embed};
 pub use ops::{RopeTable, exp_f32, rms_norm, rms_norm_par};
-pub use pool::set_buffer_pool_limit;
+pub use pool::{recycle_buffer, set_buffer_pool_limit};
 pub use tokenizer::Tokenizer;
 pub use weights::WeightStore;
 

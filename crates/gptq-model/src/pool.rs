@@ -127,7 +127,14 @@ fn advise_huge_pages(ptr: *mut u8, len: usize) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_ptr: *mut u8, _len: usize) {}
 
-/// Hands an array no longer needed back for reuse (or frees it if the pool is full).
+/// Hands an array no longer needed back for reuse by later forward passes (or frees it if
+/// the pool is full). Optional: callers that drop large activations every layer (e.g.
+/// after accumulating a Hessian from them) save the page faults of re-allocating them.
+pub fn recycle_buffer(a: Array2<f32>) {
+    recycle(a)
+}
+
+/// See [`recycle_buffer`].
 pub(crate) fn recycle(a: Array2<f32>) {
     let (v, _) = a.into_raw_vec_and_offset();
     // Small buffers are cheap to allocate; only the large ones are worth keeping.
