@@ -1,0 +1,312 @@
+//! `config.json` of a Llama-family Hugging Face checkpoint.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+
+/// The Llama-family architectures this crate runs. They share one decoder layout and differ
+/// only in defaults (Qwen2 always has q/k/v biases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Architecture {
+    /// `model_type: "llama"` (Llama 1/2, SmolLM, TinyLlama, ...).
+    Llama,
+    /// `model_type: "mistral"`.
+    Mistral,
+    /// `model_type: "qwen2"`.
+    Qwen2,
+}
+
+impl Architecture {
+    /// The `model_type` string of `config.json`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Mistral => "mistral",
+            Self::Qwen2 => "qwen2",
+        }
+    }
+}
+
+/// The parsed `config.json`, with Hugging Face defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Which architecture `model_type` names.
+    pub architecture: Architecture,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP's inner layer.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Number of query heads.
+    pub num_attention_heads: usize,
+    /// Number of key/value heads (grouped-query attention when fewer than query heads).
+    pub num_key_value_heads: usize,
+    /// Width of one head (`hidden_size / num_attention_heads` unless given).
+    pub head_dim: usize,
+    /// Epsilon of every RMSNorm.
+    pub rms_norm_eps: f32,
+    /// Base of the rotary position embedding frequencies.
+    pub rope_theta: f64,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Whether `lm_head` reuses `embed_tokens`.
+    pub tie_word_embeddings: bool,
+    /// Whether q/k/v/o projections have biases (q/k/v only for Qwen2, which always has them).
+    pub attention_bias: bool,
+    /// Whether the MLP projections have biases.
+    pub mlp_bias: bool,
+    /// Mistral's sliding attention window, if any: a query attends to at most this many
+    /// keys ending at itself.
+    pub sliding_window: Option<usize>,
+    /// `bos_token_id`, if given.
+    pub bos_token_id: Option<u32>,
+    /// The whole `config.json`, kept so that writers can add fields such as
+    /// `quantization_config` without losing the ones this struct does not model.
+    pub raw: Value,
+}
+
+impl ModelConfig {
+    /// Reads `DIR/config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        if !path.is_file() {
+            return Err(ModelError::ConfigNotFound {
+                dir: dir.to_path_buf(),
+            });
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::InvalidJson {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Self::from_json(raw)
+    }
+
+    /// Parses a `config.json` value.
+    pub fn from_json(raw: Value) -> Result<Self> {
+        let obj = raw.as_object().ok_or(ModelError::ConfigField {
+            field: "(top level)",
+            reason: "must be a JSON object".into(),
+        })?;
+        let model_type =
+            obj.get("model_type")
+                .and_then(Value::as_str)
+                .ok_or(ModelError::ConfigField {
+                    field: "model_type",
+                    reason: "is missing: it must name the architecture (llama, mistral, qwen2)"
+                        .into(),
+                })?;
+        let architecture = match model_type {
+            "llama" => Architecture::Llama,
+            "mistral" => Architecture::Mistral,
+            "qwen2" => Architecture::Qwen2,
+            other => {
+                return Err(ModelError::UnsupportedArchitecture {
+                    model_type: other.to_string(),
+                });
+            }
+        };
+
+        let hidden_size = req_usize(obj, "hidden_size")?;
+        let intermediate_size = req_usize(obj, "intermediate_size")?;
+        let num_hidden_layers = req_usize(obj, "num_hidden_layers")?;
+        let num_attention_heads = req_usize(obj, "num_attention_heads")?;
+        let num_key_value_heads =
+            opt_usize(obj, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let head_dim = match opt_usize(obj, "head_dim")? {
+            Some(d) => d,
+            None => {
+                if hidden_size % num_attention_heads != 0 {
+                    return Err(ModelError::ConfigField {
+                        field: "head_dim",
+                        reason: format!(
+                            "is missing and hidden_size {hidden_size} is not a multiple of \
+                             num_attention_heads {num_attention_heads}: add head_dim"
+                        ),
+                    });
+                }
+                hidden_size / num_attention_heads
+            }
+        };
+        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+            return Err(ModelError::ConfigField {
+                field: "num_key_value_heads",
+                reason: format!(
+                    "is {num_key_value_heads}, which does not divide num_attention_heads \
+                     {num_attention_heads}"
+                ),
+            });
+        }
+        if head_dim % 2 != 0 {
+            return Err(ModelError::ConfigField {
+                field: "head_dim",
+                reason: format!("is {head_dim}: rotary embeddings need an even head width"),
+            });
+        }
+        let rms_norm_eps = opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32;
+        let rope_theta = opt_f64(obj, "rope_theta")?.unwrap_or(10000.0);
+        let vocab_size = req_usize(obj, "vocab_size")?;
+        let tie_word_embeddings = opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
+        // Qwen2's attention has q/k/v biases unconditionally; its config has no field for it.
+        let attention_bias =
+            opt_bool(obj, "attention_bias")?.unwrap_or(architecture == Architecture::Qwen2);
+        let mlp_bias = opt_bool(obj, "mlp_bias")?.unwrap_or(false);
+
+        // Refuse what would silently compute something else than transformers does.
+        if let Some(act) = obj.get("hidden_act").and_then(Value::as_str)
+            && act != "silu"
+        {
+            return Err(ModelError::UnsupportedFeature(format!(
+                "hidden_act `{act}`: only silu is implemented"
+            )));
+        }
+        if let Some(scaling) = obj.get("rope_scaling")
+            && !scaling.is_null()
+        {
+            return Err(ModelError::UnsupportedFeature(format!(
+                "rope_scaling {scaling}: only plain rotary embeddings (rope_scaling null) \
+                 are implemented"
+            )));
+        }
+        let sliding_window = match architecture {
+            Architecture::Mistral => opt_usize(obj, "sliding_window")?,
+            Architecture::Qwen2 => {
+                if opt_bool(obj, "use_sliding_window")?.unwrap_or(false) {
+                    return Err(ModelError::UnsupportedFeature(
+                        "qwen2 with use_sliding_window true: only full attention is implemented"
+                            .into(),
+                    ));
+                }
+                None
+            }
+            Architecture::Llama => None,
+        };
+        let bos_token_id = opt_usize(obj, "bos_token_id")?.map(|v| v as u32);
+
+        for (field, v) in [
+            ("hidden_size", hidden_size),
+            ("intermediate_size", intermediate_size),
+            ("num_attention_heads", num_attention_heads),
+            ("vocab_size", vocab_size),
+        ] {
+            if v == 0 {
+                return Err(ModelError::ConfigField {
+                    field,
+                    reason: "is 0".into(),
+                });
+            }
+        }
+
+        Ok(Self {
+            architecture,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            rms_norm_eps,
+            rope_theta,
+            vocab_size,
+            tie_word_embeddings,
+            attention_bias,
+            mlp_bias,
+            sliding_window,
+            bos_token_id,
+            raw,
+        })
+    }
+
+    /// The per-layer dimensions the forward stages need.
+    pub fn layer_shape(&self) -> LayerShape {
+        LayerShape {
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_heads: self.num_attention_heads,
+            num_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta: self.rope_theta,
+            sliding_window: self.sliding_window,
+        }
+    }
+}
+
+/// The dimensions and constants of one decoder layer, copied from [`ModelConfig`] so that a
+/// [`DecoderLayer`](crate::DecoderLayer) can run on its own.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerShape {
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP's inner layer.
+    pub intermediate_size: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads.
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f32,
+    /// RoPE base.
+    pub rope_theta: f64,
+    /// Sliding attention window (Mistral), if any.
+    pub sliding_window: Option<usize>,
+}
+
+impl LayerShape {
+    /// Width of all query heads together (`q_proj` output, `o_proj` input).
+    pub fn q_width(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together.
+    pub fn kv_width(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+type Obj = serde_json::Map<String, Value>;
+
+fn opt_usize(obj: &Obj, field: &'static str) -> Result<Option<usize>> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(|n| Some(n as usize))
+            .ok_or(ModelError::ConfigField {
+                field,
+                reason: format!("is {v}, expected a non-negative integer"),
+            }),
+    }
+}
+
+fn req_usize(obj: &Obj, field: &'static str) -> Result<usize> {
+    opt_usize(obj, field)?.ok_or(ModelError::ConfigField {
+        field,
+        reason: "is missing".into(),
+    })
+}
+
+fn opt_f64(obj: &Obj, field: &'static str) -> Result<Option<f64>> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_f64().map(Some).ok_or(ModelError::ConfigField {
+            field,
+            reason: format!("is {v}, expected a number"),
+        }),
+    }
+}
+
+fn opt_bool(obj: &Obj, field: &'static str) -> Result<Option<bool>> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_bool().map(Some).ok_or(ModelError::ConfigField {
+            field,
+            reason: format!("is {v}, expected true or false"),
+        }),
+    }
+}

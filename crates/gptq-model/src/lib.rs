@@ -1,0 +1,52 @@
+//! # gptq-model
+//!
+//! Llama-family Hugging Face checkpoints (llama, mistral, qwen2) for gptq-rs, on the CPU in f32:
+//!
+//! - [`Checkpoint`]: `config.json` parsed into [`ModelConfig`], `model.safetensors` (or its
+//!   shards) memory-mapped; [`Checkpoint::load_layer`] converts one [`DecoderLayer`] to f32 at a
+//!   time, [`Checkpoint::load_model`] the whole [`Model`].
+//! - [`Tokenizer`]: `tokenizer.json` through the `tokenizers` crate.
+//! - The decoder forward pass in the stages GPTQ needs ([`rms_norm`], [`attention_core`],
+//!   [`mlp_inner`], [`forward_layer`], [`forward_layer_observed`]), on batches of sequences
+//!   laid end to end, with every product a faer GEMM.
+//! - [`perplexity`] by the GPTQ paper's protocol, and calibration loaders ([`calib`]).
+//!
+//! Examples: `examples/perplexity.rs` (WikiText-2 perplexity of a checkpoint) and
+//! `examples/layer_bench.rs` (layer-forward GFLOP/s against faer's plain GEMM).
+//!
+//! Parallelism is the caller's choice: every compute function takes a [`faer::Par`].
+//! `Par::Seq` runs on the calling thread. `Par::rayon(n)` splits each GEMM into `n` tasks and
+//! spreads attention heads and element-wise work over the *current* rayon pool, so to use
+//! exactly `n` threads, run inside a `rayon::ThreadPool` of `n` threads
+//! (`pool.install(|| ...)`); `Par::rayon(0)` means "as many as the pool has".
+
+#![warn(missing_docs)]
+
+pub mod calib;
+mod config;
+mod error;
+mod eval;
+mod forward;
+mod layer;
+mod linear;
+mod model;
+mod ops;
+mod pool;
+mod tokenizer;
+pub mod weights;
+
+pub use config::{Architecture, LayerShape, ModelConfig};
+pub use error::{ModelError, Result};
+pub use eval::{PerplexityOptions, PerplexityReport, eval_windows, perplexity};
+pub use forward::{LinearInput, attention_core, forward_layer, forward_layer_observed, mlp_inner};
+pub use layer::{DecoderLayer, LinearId};
+pub use linear::Linear;
+pub use model::{Checkpoint, EMBED_TOKENS, FINAL_NORM, LM_HEAD, Model, NllSum, embed};
+pub use ops::{RopeTable, exp_f32, rms_norm, rms_norm_par};
+pub use pool::{recycle_buffer, set_buffer_pool_limit};
+pub use tokenizer::Tokenizer;
+pub use weights::WeightStore;
+
+/// Re-exported so that callers name the same versions.
+pub use faer::Par;
+pub use ndarray;

@@ -1,0 +1,149 @@
+//! `nn.Linear` on the CPU, every product through faer.
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
+
+use crate::error::{ModelError, Result};
+
+/// A faer view of an ndarray view, whatever its strides (no copy).
+pub(crate) fn faer_ref<'a>(a: ArrayView2<'a, f32>) -> MatRef<'a, f32> {
+    let (r, c) = a.dim();
+    let s = a.strides();
+    // SAFETY: the pointer, shape and strides come from a live ndarray view borrowed for 'a.
+    unsafe { MatRef::from_raw_parts(a.as_ptr(), r, c, s[0], s[1]) }
+}
+
+/// A mutable faer view of an ndarray view, whatever its strides (no copy).
+pub(crate) fn faer_mut<'a>(mut a: ArrayViewMut2<'a, f32>) -> MatMut<'a, f32> {
+    let (r, c) = a.dim();
+    let (s0, s1) = (a.strides()[0], a.strides()[1]);
+    // SAFETY: as above, and the view is borrowed mutably, so faer's view is the only writer.
+    unsafe { MatMut::from_raw_parts_mut(a.as_mut_ptr(), r, c, s0, s1) }
+}
+
+/// `out (+)= x · wᵀ`: `x` is `[m, k]`, `w` is `[n, k]` (nn.Linear layout), `out` is `[m, n]`.
+pub(crate) fn matmul_xwt(
+    out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    par: Par,
+) {
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    matmul(
+        faer_mut(out),
+        accum,
+        faer_ref(x),
+        faer_ref(w).transpose(),
+        1.0f32,
+        par,
+    );
+}
+
+/// A linear layer `y = x Wᵀ + b`, with `W` stored `[out_features, in_features]` like
+/// PyTorch's `nn.Linear`, so that quantizers see rows = output channels, columns = inputs.
+///
+/// The fields are public so that the quantization pipeline can swap in dequantized weights
+/// between forward stages; [`Linear::set_weight`] does so with a shape check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Linear {
+    /// `[out_features, in_features]`.
+    pub weight: Array2<f32>,
+    /// `[out_features]`, if the layer has a bias.
+    pub bias: Option<Array1<f32>>,
+}
+
+impl Linear {
+    /// A layer from its weight and optional bias.
+    pub fn new(weight: Array2<f32>, bias: Option<Array1<f32>>) -> Result<Self> {
+        if let Some(b) = &bias
+            && b.len() != weight.nrows()
+        {
+            return Err(ModelError::shape(
+                "linear bias",
+                format!("[{}]", weight.nrows()),
+                format!("[{}]", b.len()),
+            ));
+        }
+        Ok(Self { weight, bias })
+    }
+
+    /// Input width.
+    pub fn in_features(&self) -> usize {
+        self.weight.ncols()
+    }
+
+    /// Output width.
+    pub fn out_features(&self) -> usize {
+        self.weight.nrows()
+    }
+
+    /// Replaces the weight (e.g. with a quantized-dequantized one) after checking its shape,
+    /// returning the old one.
+    pub fn set_weight(&mut self, weight: Array2<f32>) -> Result<Array2<f32>> {
+        if weight.dim() != self.weight.dim() {
+            return Err(ModelError::shape(
+                "replacement weight",
+                format!("{:?}", self.weight.shape()),
+                format!("{:?}", weight.shape()),
+            ));
+        }
+        Ok(std::mem::replace(&mut self.weight, weight))
+    }
+
+    /// `x · Wᵀ + b` for `x` of shape `[tokens, in_features]`.
+    pub fn forward(&self, x: ArrayView2<'_, f32>, par: Par) -> Result<Array2<f32>> {
+        self.check_input(&x)?;
+        let mut out = crate::pool::zeros(x.nrows(), self.out_features());
+        if let Some(b) = &self.bias {
+            // Start from the bias so that the product accumulates onto it in one pass.
+            out += b;
+        }
+        matmul_xwt(
+            out.view_mut(),
+            self.bias.is_some(),
+            x,
+            self.weight.view(),
+            par,
+        );
+        Ok(out)
+    }
+
+    /// `out += x · Wᵀ + b`: the residual connection without a temporary.
+    pub fn forward_add(
+        &self,
+        x: ArrayView2<'_, f32>,
+        out: &mut Array2<f32>,
+        par: Par,
+    ) -> Result<()> {
+        self.check_input(&x)?;
+        if out.dim() != (x.nrows(), self.out_features()) {
+            return Err(ModelError::shape(
+                "linear accumulation target",
+                format!("[{}, {}]", x.nrows(), self.out_features()),
+                format!("{:?}", out.shape()),
+            ));
+        }
+        if let Some(b) = &self.bias {
+            *out += b;
+        }
+        matmul_xwt(out.view_mut(), true, x, self.weight.view(), par);
+        Ok(())
+    }
+
+    fn check_input(&self, x: &ArrayView2<'_, f32>) -> Result<()> {
+        if x.ncols() != self.in_features() {
+            return Err(ModelError::shape(
+                "linear input",
+                format!("[tokens, {}]", self.in_features()),
+                format!("{:?}", x.shape()),
+            ));
+        }
+        Ok(())
+    }
+}

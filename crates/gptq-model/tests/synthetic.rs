@@ -1,0 +1,635 @@
+//! Tests on tiny random checkpoints written in the test: loading, errors, and the forward pass
+//! against a naive f64 reference.
+
+mod common;
+
+use common::{TempDir, Tiny, max_diff, write_config, write_raw, write_safetensors};
+use gptq_model::calib::SplitMix64;
+use gptq_model::{
+    Checkpoint, DecoderLayer, LinearId, ModelError, Par, attention_core, forward_layer,
+    forward_layer_observed, mlp_inner, rms_norm,
+};
+use ndarray::{Array2, s};
+use safetensors::Dtype;
+
+fn random_input(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+    let mut rng = SplitMix64::new(seed);
+    Array2::from_shape_vec(
+        (rows, cols),
+        common::random(&mut rng, rows * cols, 1.0, 0.0),
+    )
+    .unwrap()
+}
+
+/// The decoder layer written out loop by loop in f64, for one sequence.
+fn reference_layer(layer: &DecoderLayer, x: &Array2<f32>) -> Array2<f64> {
+    let sh = layer.shape;
+    let (t, h) = x.dim();
+    let d = sh.head_dim;
+    let x: Array2<f64> = x.mapv(f64::from);
+    let norm = |x: &Array2<f64>, w: &ndarray::Array1<f32>| {
+        let mut y = x.clone();
+        for mut row in y.rows_mut() {
+            let ms = row.iter().map(|v| v * v).sum::<f64>() / h as f64;
+            let inv = 1.0 / (ms + sh.rms_norm_eps as f64).sqrt();
+            for (v, &g) in row.iter_mut().zip(w) {
+                *v *= inv * g as f64;
+            }
+        }
+        y
+    };
+    let lin = |x: &Array2<f64>, id: LinearId| {
+        let l = layer.linear(id);
+        let mut y = x.dot(&l.weight.mapv(f64::from).t());
+        if let Some(b) = &l.bias {
+            y += &b.mapv(f64::from);
+        }
+        y
+    };
+    let rope = |m: &mut Array2<f64>, heads: usize| {
+        for p in 0..t {
+            for hh in 0..heads {
+                for i in 0..d / 2 {
+                    let f = 1.0 / sh.rope_theta.powf(2.0 * i as f64 / d as f64);
+                    let (c, s) = ((p as f64 * f).cos(), (p as f64 * f).sin());
+                    let (a, b) = (m[[p, hh * d + i]], m[[p, hh * d + i + d / 2]]);
+                    m[[p, hh * d + i]] = a * c - b * s;
+                    m[[p, hh * d + i + d / 2]] = b * c + a * s;
+                }
+            }
+        }
+    };
+    let n1 = norm(&x, &layer.input_layernorm);
+    let mut q = lin(&n1, LinearId::Q);
+    let mut k = lin(&n1, LinearId::K);
+    let v = lin(&n1, LinearId::V);
+    rope(&mut q, sh.num_heads);
+    rope(&mut k, sh.num_kv_heads);
+    let group = sh.num_heads / sh.num_kv_heads;
+    let mut attn = Array2::<f64>::zeros((t, sh.num_heads * d));
+    for hh in 0..sh.num_heads {
+        let g = hh / group;
+        for i in 0..t {
+            let lo = sh.sliding_window.map_or(0, |w| (i + 1).saturating_sub(w));
+            let sc: Vec<f64> = (lo..=i)
+                .map(|j| {
+                    (0..d)
+                        .map(|e| q[[i, hh * d + e]] * k[[j, g * d + e]])
+                        .sum::<f64>()
+                        / (d as f64).sqrt()
+                })
+                .collect();
+            let m = sc.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
+            for (jj, s) in sc.iter().enumerate() {
+                let p = (s - m).exp() / z;
+                for e in 0..d {
+                    attn[[i, hh * d + e]] += p * v[[lo + jj, g * d + e]];
+                }
+            }
+        }
+    }
+    let hres = &x + &lin(&attn, LinearId::O);
+    let n2 = norm(&hres, &layer.post_attention_layernorm);
+    let gate = lin(&n2, LinearId::Gate);
+    let up = lin(&n2, LinearId::Up);
+    let inner = ndarray::Zip::from(&gate)
+        .and(&up)
+        .map_collect(|&g, &u| g / (1.0 + (-g).exp()) * u);
+    &hres + &lin(&inner, LinearId::Down)
+}
+
+fn max_diff64(a: &Array2<f32>, b: &Array2<f64>) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (x as f64 - y).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn forward_layer_matches_naive_reference() {
+    for (tiny, par) in [
+        (Tiny::default(), Par::Seq),
+        (
+            Tiny {
+                kv_heads: 4,
+                ..Tiny::default()
+            },
+            Par::rayon(2),
+        ),
+        (
+            Tiny {
+                kv_heads: 1,
+                model_type: "qwen2",
+                ..Tiny::default()
+            },
+            Par::rayon(2),
+        ),
+    ] {
+        let dir = tiny.write(11);
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        let layer = ckpt.load_layer(1).unwrap();
+        // 150 tokens: more than two attention query blocks, the last one partial.
+        let x = random_input(150, tiny.hidden, 5);
+        let got = forward_layer(&layer, x.view(), &[150], par).unwrap();
+        let want = reference_layer(&layer, &x);
+        let err = max_diff64(&got, &want);
+        assert!(err < 1e-4, "{tiny:?}: max error {err}");
+    }
+}
+
+#[test]
+fn sliding_window_matches_reference() {
+    let tiny = Tiny {
+        model_type: "mistral",
+        ..Tiny::default()
+    };
+    let dir = TempDir::new("mistral");
+    let mut cfg = tiny.config();
+    cfg["sliding_window"] = serde_json::json!(37);
+    write_config(dir.path(), &cfg);
+    write_safetensors(
+        &dir.path().join("model.safetensors"),
+        &tiny.tensors(3),
+        Dtype::F32,
+    );
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert_eq!(ckpt.config().sliding_window, Some(37));
+    let layer = ckpt.load_layer(0).unwrap();
+    let x = random_input(140, tiny.hidden, 8);
+    let got = forward_layer(&layer, x.view(), &[140], Par::Seq).unwrap();
+    let err = max_diff64(&got, &reference_layer(&layer, &x));
+    assert!(err < 1e-4, "max error {err}");
+}
+
+#[test]
+fn staged_forward_equals_forward_layer() {
+    let tiny = Tiny::default();
+    let dir = tiny.write(1);
+    let layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+    let lens = [70, 30];
+    let x = random_input(100, tiny.hidden, 2);
+    let par = Par::rayon(2);
+    let eps = layer.shape.rms_norm_eps;
+
+    let normed = rms_norm(x.view(), layer.input_layernorm.view(), eps).unwrap();
+    let attn = attention_core(&layer, normed.view(), &lens, par).unwrap();
+    let h = &x + &layer.o_proj.forward(attn.view(), par).unwrap();
+    let normed2 = rms_norm(h.view(), layer.post_attention_layernorm.view(), eps).unwrap();
+    let inner = mlp_inner(&layer, normed2.view(), par).unwrap();
+    let staged = &h + &layer.down_proj.forward(inner.view(), par).unwrap();
+
+    let mut seen = Vec::new();
+    let whole = forward_layer_observed(&layer, x.view(), &lens, par, |inp| {
+        let want = match inp.ids[0] {
+            LinearId::Q => &normed,
+            LinearId::O => &attn,
+            LinearId::Gate => &normed2,
+            LinearId::Down => &inner,
+            other => panic!("unexpected group {other}"),
+        };
+        assert!(max_diff(&inp.input.to_owned(), want) < 1e-5);
+        seen.push(inp.ids);
+        Ok(())
+    })
+    .unwrap();
+    assert!(max_diff(&whole, &staged) < 1e-5);
+    assert_eq!(seen.len(), 4);
+    assert_eq!(seen[0], &[LinearId::Q, LinearId::K, LinearId::V]);
+}
+
+#[test]
+fn batched_sequences_equal_separate_runs() {
+    let tiny = Tiny::default();
+    let dir = tiny.write(4);
+    let layer = Checkpoint::open(dir.path()).unwrap().load_layer(1).unwrap();
+    let lens = [64, 1, 100, 7];
+    let x = random_input(172, tiny.hidden, 9);
+    let batched = forward_layer(&layer, x.view(), &lens, Par::rayon(2)).unwrap();
+    let mut at = 0;
+    for &n in &lens {
+        let alone = forward_layer(&layer, x.slice(s![at..at + n, ..]), &[n], Par::Seq).unwrap();
+        let err = max_diff(&alone, &batched.slice(s![at..at + n, ..]).to_owned());
+        assert!(err < 1e-5, "sequence of {n}: {err}");
+        at += n;
+    }
+}
+
+#[test]
+fn gqa_equals_mha_with_repeated_kv_heads() {
+    let tiny = Tiny {
+        heads: 4,
+        kv_heads: 2,
+        ..Tiny::default()
+    };
+    let dir = tiny.write(21);
+    let gqa = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+    // The MHA layer gives every query head its own copy of its group's k/v rows.
+    let mut mha = gqa.clone();
+    let d = tiny.head_dim();
+    let repeat = |w: &Array2<f32>| {
+        let mut out = Array2::<f32>::zeros((tiny.heads * d, tiny.hidden));
+        for h in 0..tiny.heads {
+            let g = h / (tiny.heads / tiny.kv_heads);
+            out.slice_mut(s![h * d..(h + 1) * d, ..])
+                .assign(&w.slice(s![g * d..(g + 1) * d, ..]));
+        }
+        out
+    };
+    mha.k_proj.weight = repeat(&gqa.k_proj.weight);
+    mha.v_proj.weight = repeat(&gqa.v_proj.weight);
+    mha.shape.num_kv_heads = tiny.heads;
+    let x = random_input(90, tiny.hidden, 3);
+    let a = attention_core(&gqa, x.view(), &[90], Par::Seq).unwrap();
+    let b = attention_core(&mha, x.view(), &[90], Par::Seq).unwrap();
+    assert!(max_diff(&a, &b) < 1e-6);
+}
+
+#[test]
+fn causal_mask_hides_the_future() {
+    let tiny = Tiny::default();
+    let dir = tiny.write(6);
+    let model = Checkpoint::open(dir.path()).unwrap().load_model().unwrap();
+    let mut tokens: Vec<u32> = (0..120).map(|i| (i * 7 % 64) as u32).collect();
+    let before = model.logits(&tokens, &[120], Par::Seq).unwrap();
+    for t in tokens[80..].iter_mut() {
+        *t = (*t + 13) % 64;
+    }
+    let after = model.logits(&tokens, &[120], Par::Seq).unwrap();
+    let past = max_diff(
+        &before.slice(s![..80, ..]).to_owned(),
+        &after.slice(s![..80, ..]).to_owned(),
+    );
+    assert!(past < 1e-6, "positions before the change moved by {past}");
+    let future = max_diff(
+        &before.slice(s![80.., ..]).to_owned(),
+        &after.slice(s![80.., ..]).to_owned(),
+    );
+    assert!(future > 1e-3, "positions after the change did not move");
+}
+
+#[test]
+fn nll_matches_logits_and_untied_head() {
+    for tied in [true, false] {
+        let tiny = Tiny {
+            tied,
+            ..Tiny::default()
+        };
+        let dir = tiny.write(8);
+        let model = Checkpoint::open(dir.path()).unwrap().load_model().unwrap();
+        assert_eq!(model.lm_head.is_none(), tied);
+        let tokens: Vec<u32> = (0..300).map(|i| ((i * i + 3) % 64) as u32).collect();
+        let lens = [200, 100];
+        let logits = model.logits(&tokens, &lens, Par::Seq).unwrap();
+        let sums = model.nll(&tokens, &lens, Par::rayon(2)).unwrap();
+        let mut at = 0;
+        for (&n, got) in lens.iter().zip(&sums) {
+            let mut want = 0f64;
+            for t in 0..n - 1 {
+                let row = logits.row(at + t);
+                let m = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+                let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+                want += lse - row[tokens[at + t + 1] as usize] as f64;
+            }
+            assert_eq!(got.count, n - 1);
+            assert!(
+                (got.sum - want).abs() < 1e-3 * n as f64 * 1e-2,
+                "{} vs {want}",
+                got.sum
+            );
+            at += n;
+        }
+    }
+}
+
+#[test]
+fn half_precision_weights_convert() {
+    let tiny = Tiny::default();
+    let tensors = tiny.tensors(2);
+    let name = "model.layers.0.mlp.up_proj.weight";
+    for dtype in [Dtype::F16, Dtype::BF16] {
+        let dir = TempDir::new("half");
+        write_config(dir.path(), &tiny.config());
+        write_safetensors(&dir.path().join("model.safetensors"), &tensors, dtype);
+        let ckpt = Checkpoint::open(dir.path()).unwrap();
+        assert_eq!(ckpt.weights().meta(name).unwrap().dtype, dtype);
+        let layer = ckpt.load_layer(0).unwrap();
+        let tol = if dtype == Dtype::F16 { 1e-3 } else { 1e-2 };
+        for (a, b) in layer.up_proj.weight.iter().zip(&tensors[name].1) {
+            assert!(
+                (a - b).abs() <= tol * b.abs().max(1e-3),
+                "{dtype:?}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn sharded_checkpoint_loads_like_single_file() {
+    let tiny = Tiny {
+        tied: false,
+        ..Tiny::default()
+    };
+    let single = tiny.write(13);
+    let tensors = tiny.tensors(13);
+    let sharded = TempDir::new("sharded");
+    write_config(sharded.path(), &tiny.config());
+    let (a, b): (Vec<_>, Vec<_>) = tensors.iter().enumerate().partition(|(i, _)| i % 2 == 0);
+    let mut weight_map = serde_json::Map::new();
+    for (file, part) in [
+        ("model-00001-of-00002.safetensors", a),
+        ("model-00002-of-00002.safetensors", b),
+    ] {
+        let part: std::collections::BTreeMap<_, _> = part
+            .into_iter()
+            .map(|(_, (k, v))| (k.clone(), v.clone()))
+            .collect();
+        for k in part.keys() {
+            weight_map.insert(k.clone(), file.into());
+        }
+        write_safetensors(&sharded.path().join(file), &part, Dtype::F32);
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        sharded.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let one = Checkpoint::open(single.path())
+        .unwrap()
+        .load_model()
+        .unwrap();
+    let two = Checkpoint::open(sharded.path()).unwrap();
+    assert_eq!(two.weights().files().len(), 2);
+    let two = two.load_model().unwrap();
+    assert_eq!(one.layers, two.layers);
+    assert_eq!(one.lm_head, two.lm_head);
+    assert_eq!(one.embed_tokens, two.embed_tokens);
+}
+
+fn open_err(dir: &std::path::Path) -> String {
+    Checkpoint::open(dir).unwrap_err().to_string()
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = TempDir::new("empty");
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("config.json not found in") && msg.contains("Hugging Face model directory"),
+        "{msg}"
+    );
+
+    write_config(dir.path(), &Tiny::default().config());
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("model.safetensors") && msg.contains("safetensors format"),
+        "{msg}"
+    );
+
+    let tiny = Tiny::default();
+    let dir = tiny.write(1);
+    let err = Checkpoint::open(dir.path())
+        .unwrap()
+        .load_tokenizer()
+        .unwrap_err();
+    assert!(matches!(err, ModelError::TokenizerNotFound { .. }), "{err}");
+
+    // A shard the index lists but the directory lacks.
+    let dir = TempDir::new("noshard");
+    write_config(dir.path(), &tiny.config());
+    let index = serde_json::json!({"weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors"}});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("model-00001-of-00001.safetensors") && msg.contains("missing"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn config_errors_name_the_fix() {
+    let dir = TempDir::new("gpt2");
+    let mut cfg = Tiny::default().config();
+    cfg["model_type"] = "gpt2".into();
+    write_config(dir.path(), &cfg);
+    assert_eq!(
+        open_err(dir.path()),
+        "unsupported architecture `gpt2`: supported are llama, mistral, qwen2"
+    );
+
+    let mut cfg = Tiny::default().config();
+    cfg.as_object_mut().unwrap().remove("hidden_size");
+    write_config(dir.path(), &cfg);
+    assert_eq!(
+        open_err(dir.path()),
+        "config.json field `hidden_size` is missing"
+    );
+
+    let mut cfg = Tiny::default().config();
+    cfg["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
+    write_config(dir.path(), &cfg);
+    assert!(open_err(dir.path()).contains("rope_scaling"));
+
+    std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
+    assert!(open_err(dir.path()).contains("config.json is not valid"));
+}
+
+#[test]
+fn tensor_errors_name_the_tensor() {
+    let tiny = Tiny::default();
+    let name = "model.layers.1.mlp.up_proj.weight";
+
+    let mut t = tiny.tensors(1);
+    t.remove(name);
+    let dir = TempDir::new("missing");
+    write_config(dir.path(), &tiny.config());
+    write_safetensors(&dir.path().join("model.safetensors"), &t, Dtype::F32);
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    ckpt.load_layer(0).unwrap();
+    assert_eq!(
+        ckpt.load_layer(1).unwrap_err().to_string(),
+        format!("tensor {name} missing from model.safetensors")
+    );
+    assert!(
+        ckpt.load_layer(2)
+            .unwrap_err()
+            .to_string()
+            .contains("the model has 2 layers")
+    );
+
+    let mut t = tiny.tensors(1);
+    t.insert(
+        name.into(),
+        (
+            vec![tiny.hidden, tiny.inter],
+            vec![0.0; tiny.hidden * tiny.inter],
+        ),
+    );
+    write_safetensors(&dir.path().join("model.safetensors"), &t, Dtype::F32);
+    let msg = Checkpoint::open(dir.path())
+        .unwrap()
+        .load_layer(1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(name) && msg.contains("[32, 48]") && msg.contains("[48, 32]"),
+        "{msg}"
+    );
+
+    let mut t = tiny.tensors(1);
+    t.get_mut(name).unwrap().1[5] = f32::NAN;
+    write_safetensors(&dir.path().join("model.safetensors"), &t, Dtype::F32);
+    let err = Checkpoint::open(dir.path())
+        .unwrap()
+        .load_layer(1)
+        .unwrap_err();
+    assert!(
+        matches!(err, ModelError::NonFiniteWeight { index: 5, .. }),
+        "{err}"
+    );
+
+    // An integer tensor where a float weight belongs.
+    let raw = vec![(
+        "model.norm.weight".to_string(),
+        vec![tiny.hidden],
+        vec![0u8; 4 * tiny.hidden],
+    )];
+    write_raw(&dir.path().join("model.safetensors"), &raw, Dtype::I32);
+    let msg = Checkpoint::open(dir.path())
+        .unwrap()
+        .load_final_norm()
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("model.norm.weight has dtype I32"), "{msg}");
+
+    std::fs::write(dir.path().join("model.safetensors"), b"garbage").unwrap();
+    assert!(open_err(dir.path()).contains("is not a valid safetensors file"));
+}
+
+#[test]
+fn qwen2_loads_qkv_biases() {
+    let tiny = Tiny {
+        model_type: "qwen2",
+        ..Tiny::default()
+    };
+    let dir = tiny.write(3);
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert!(ckpt.config().attention_bias);
+    let layer = ckpt.load_layer(0).unwrap();
+    for id in [LinearId::Q, LinearId::K, LinearId::V] {
+        assert!(layer.linear(id).bias.is_some(), "{id}");
+    }
+    assert!(layer.o_proj.bias.is_none());
+}
+
+#[test]
+fn shape_errors_in_stages() {
+    let tiny = Tiny::default();
+    let dir = tiny.write(1);
+    let mut layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+    let x = random_input(10, tiny.hidden, 1);
+    assert!(forward_layer(&layer, x.view(), &[9], Par::Seq).is_err());
+    assert!(
+        layer
+            .linear_mut(LinearId::Up)
+            .set_weight(Array2::zeros((3, 3)))
+            .is_err()
+    );
+    let old = layer
+        .linear_mut(LinearId::Up)
+        .set_weight(Array2::zeros((tiny.inter, tiny.hidden)))
+        .unwrap();
+    assert_eq!(old.dim(), (tiny.inter, tiny.hidden));
+    assert!(model_token_error(&tiny).contains("out of range for a vocabulary of 64"));
+}
+
+fn model_token_error(tiny: &Tiny) -> String {
+    let dir = tiny.write(1);
+    let model = Checkpoint::open(dir.path()).unwrap().load_model().unwrap();
+    model.embed(&[1, 64]).unwrap_err().to_string()
+}
+
+#[test]
+fn calib_json_validation() {
+    let dir = TempDir::new("calib");
+    let p = dir.path().join("calib.json");
+    std::fs::write(&p, r#"{"windows": [[1, 2, 3], [4, 5]]}"#).unwrap();
+    assert_eq!(
+        gptq_model::calib::load_calib_json(&p, 6).unwrap(),
+        vec![vec![1, 2, 3], vec![4, 5]]
+    );
+    let msg = gptq_model::calib::load_calib_json(&p, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("token id 5 in window 1") && msg.contains("vocabulary of 5"),
+        "{msg}"
+    );
+    std::fs::write(&p, r#"{"samples": []}"#).unwrap();
+    let msg = gptq_model::calib::load_calib_json(&p, 5)
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("`windows`"), "{msg}");
+    std::fs::write(&p, r#"{"windows": []}"#).unwrap();
+    assert!(gptq_model::calib::load_calib_json(&p, 5).is_err());
+}
+
+#[test]
+fn perplexity_protocol_windows() {
+    let tokens: Vec<u32> = (0..1000).map(|i| (i % 64) as u32).collect();
+    let w = gptq_model::eval_windows(&tokens, 300, None).unwrap();
+    assert_eq!(w.len(), 3);
+    assert_eq!(w[1][0], 300 % 64);
+    assert_eq!(
+        gptq_model::eval_windows(&tokens, 300, Some(2))
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(gptq_model::eval_windows(&tokens, 1001, None).is_err());
+
+    let tiny = Tiny::default();
+    let dir = tiny.write(5);
+    let model = Checkpoint::open(dir.path()).unwrap().load_model().unwrap();
+    let opts = |batch| gptq_model::PerplexityOptions {
+        seqlen: 300,
+        max_windows: None,
+        batch_windows: batch,
+        par: Par::rayon(2),
+    };
+    let a = gptq_model::perplexity(&model, &tokens, &opts(1), |_, _| {}).unwrap();
+    let b = gptq_model::perplexity(&model, &tokens, &opts(2), |_, _| {}).unwrap();
+    assert_eq!(a.windows, 3);
+    assert_eq!(a.predicted_tokens, 3 * 299);
+    assert!((a.perplexity - b.perplexity).abs() < 1e-4 * a.perplexity);
+    assert!(
+        a.perplexity.is_finite() && a.perplexity > 1.0,
+        "{}",
+        a.perplexity
+    );
+    let sums = model.nll(&tokens[..300], &[300], Par::Seq).unwrap();
+    assert!((sums[0].sum / 299.0 - a.window_nll[0]).abs() < 1e-4);
+}
+
+#[test]
+fn recycled_buffers_do_not_change_results() {
+    let tiny = Tiny::default();
+    let dir = tiny.write(9);
+    let layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+    // Big enough (> 1 MiB per temporary) for the pool to keep the buffers.
+    let x = random_input(9000, tiny.hidden, 4);
+    let lens = [100; 90];
+    let first = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+    let second = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+    assert_eq!(first, second);
+    gptq_model::set_buffer_pool_limit(0);
+    let third = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+    gptq_model::set_buffer_pool_limit(512 << 20);
+    assert_eq!(first, third);
+}
