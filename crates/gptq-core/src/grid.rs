@@ -102,7 +102,9 @@ impl Default for RangeSearch {
 ///
 /// Candidate `k` is the fit of the values scaled by `1 - k·shrink_step` (f32). Its cost is
 /// [`weighted_error`]; a candidate replaces the best so far only if strictly cheaper.
-#[inline]
+///
+/// Always inlined, so that it is compiled with the instruction set of the kernel that calls it.
+#[inline(always)]
 pub fn fit_searched<G: QuantGrid + ?Sized>(
     grid: &G,
     values: &[f32],
@@ -132,7 +134,7 @@ pub fn fit_searched<G: QuantGrid + ?Sized>(
 /// goes to partial sum `j mod 8`, and the partial sums are added as
 /// `((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))`. Every backend sums in this order, so the
 /// search picks the same grid everywhere.
-#[inline]
+#[inline(always)]
 pub fn weighted_error(
     values: &[f32],
     importance: &[f32],
@@ -140,8 +142,12 @@ pub fn weighted_error(
     max_code: u16,
 ) -> f32 {
     let mut lanes = [0.0f32; 8];
+    let (zero, max) = (params.zero as f32, max_code as f32);
+    // The arithmetic of dequantize_code(quantize_value(x)), kept in floats (the clamped code is
+    // an exact small integer) so that it vectorizes.
     let term = |x: f32, weight: f32| {
-        let error = x - dequantize_code(quantize_value(x, params, max_code), params);
+        let code = ((x / params.scale).round_ties_even() + zero).clamp(0.0, max);
+        let error = x - params.scale * (code - zero);
         weight * (error * error)
     };
     let mut values_8 = values.chunks_exact(8);
@@ -165,14 +171,14 @@ pub fn weighted_error(
 
 /// The code of `x`: `clamp(round_half_even(x / scale) + zero, 0, max_code)`, in f32 exactly as the
 /// reference computes it.
-#[inline]
+#[inline(always)]
 pub fn quantize_value(x: f32, params: GroupParams, max_code: u16) -> u8 {
     let q = (x / params.scale).round_ties_even() + params.zero as f32;
     q.clamp(0.0, max_code as f32) as u8
 }
 
 /// The value of `code`: `scale · (code - zero)`.
-#[inline]
+#[inline(always)]
 pub fn dequantize_code(code: u8, params: GroupParams) -> f32 {
     params.scale * (code as f32 - params.zero as f32)
 }

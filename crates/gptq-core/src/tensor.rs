@@ -144,9 +144,21 @@ impl QuantizedTensor {
     /// reference does.
     pub fn dequantize(&self) -> Array2<f32> {
         let mut out = Array2::zeros(self.codes.dim());
-        for ((r, c), value) in out.indexed_iter_mut() {
-            let params = self.params(self.g_idx[c] as usize, r);
-            *value = dequantize_code(self.codes[[r, c]], params);
+        for (r, (mut out_row, codes)) in out
+            .rows_mut()
+            .into_iter()
+            .zip(self.codes.rows())
+            .enumerate()
+        {
+            let scales = self.scales.column(r);
+            let zeros = self.zeros.column(r);
+            for ((value, &code), &g) in out_row.iter_mut().zip(codes).zip(&self.g_idx) {
+                let params = GroupParams {
+                    scale: scales[g as usize],
+                    zero: zeros[g as usize],
+                };
+                *value = dequantize_code(code, params);
+            }
         }
         out
     }

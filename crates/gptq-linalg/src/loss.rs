@@ -29,7 +29,9 @@ pub fn quadratic_loss(
         });
     }
     let h = hessian.as_standard_layout();
-    let h = MatRef::from_row_major_slice(h.as_slice().expect("standard layout"), n, n);
+    // H is symmetric, so its row-major storage read column-major is H itself; faer's triangular
+    // product runs twice as fast on the column-major view.
+    let h = MatRef::from_column_major_slice(h.as_slice().expect("standard layout"), n, n);
     let mut total = 0.0;
     for chunk in delta.axis_chunks_iter(Axis(0), ROW_CHUNK) {
         let rows = chunk.nrows();

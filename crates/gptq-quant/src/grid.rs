@@ -64,7 +64,7 @@ impl MinMaxGrid {
         self.symmetric
     }
 
-    #[inline]
+    #[inline(always)]
     fn min_max_params(&self, xmin: f32, xmax: f32) -> GroupParams {
         let max_code = self.max_code();
         let maxq = max_code as f32;
@@ -111,7 +111,7 @@ impl MinMaxGrid {
 
 impl MinMaxGrid {
     /// The fit of `[lo, hi]`, the (0-including) range of the values.
-    #[inline]
+    #[inline(always)]
     fn fit_range(&self, weights: &[f32], lo: f32, hi: f32) -> GroupParams {
         let (mut xmin, mut xmax) = (lo, hi);
         if self.symmetric {
@@ -133,13 +133,13 @@ impl MinMaxGrid {
 }
 
 /// A scale every code can use: positive and finite (false for NaN).
-#[inline]
+#[inline(always)]
 fn usable(scale: f32) -> bool {
     scale > 0.0 && scale.is_finite()
 }
 
 /// `(min(values, 0), max(values, 0))`.
-#[inline]
+#[inline(always)]
 fn range(values: &[f32]) -> (f32, f32) {
     values
         .iter()
@@ -151,7 +151,8 @@ impl QuantGrid for MinMaxGrid {
         self.bits
     }
 
-    #[inline]
+    // Always inlined: the CPU backend calls it from kernels compiled for wider vector units.
+    #[inline(always)]
     fn fit(&self, weights: &[f32]) -> GroupParams {
         let (lo, hi) = range(weights);
         self.fit_range(weights, lo, hi)
@@ -159,7 +160,7 @@ impl QuantGrid for MinMaxGrid {
 
     /// Scaling by a positive factor commutes with min and max in f32, so only the range is
     /// scaled; the clipping search, which needs the scaled values, takes the default path.
-    #[inline]
+    #[inline(always)]
     fn fit_scaled(&self, values: &[f32], factor: f32, scratch: &mut Vec<f32>) -> GroupParams {
         if self.clip_search.is_some() || factor.is_sign_negative() || factor == 0.0 {
             scratch.clear();
