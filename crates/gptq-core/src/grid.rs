@@ -60,6 +60,8 @@ pub enum GridSpec {
         symmetric: bool,
         /// Optional clipping search.
         clip_search: Option<ClipSearch>,
+        /// Smallest asymmetric zero point (1 for checkpoint format "gptq" v1).
+        min_zero: u16,
     },
 }
 
@@ -70,6 +72,7 @@ impl GridSpec {
             bits: config.bits(),
             symmetric: config.symmetric(),
             clip_search: config.clip_search(),
+            min_zero: 0,
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// `bos_token_id`, if given.
     pub bos_token_id: Option<u32>,
+    /// The GPTQ `quantization_config`, for checkpoints that are already quantized.
+    pub quantization: Option<crate::GptqQuantization>,
     /// The whole `config.json`, kept so that writers can add fields such as
     /// `quantization_config` without losing the ones this struct does not model.
     pub raw: Value,
@@ -216,6 +218,7 @@ impl ModelConfig {
             mlp_bias,
             sliding_window,
             bos_token_id,
+            quantization: crate::GptqQuantization::from_config(&raw)?,
             raw,
         })
     }

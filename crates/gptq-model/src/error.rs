@@ -171,6 +171,15 @@ pub enum ModelError {
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A packed GPTQ layer is malformed.
+    #[error("packed GPTQ layer {name} is invalid: {reason}")]
+    InvalidQuantized {
+        /// The layer's tensor prefix.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// `Result` with [`ModelError`].

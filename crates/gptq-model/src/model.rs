@@ -80,9 +80,14 @@ impl Checkpoint {
         let linear = |id: LinearId| -> Result<Linear> {
             let (o, n) = id.dims(&shape);
             let prefix = id.tensor_prefix(i);
-            let weight = self
-                .weights
-                .load_matrix(&format!("{prefix}.weight"), o, n)?;
+            let weight = match &c.quantization {
+                Some(q) if crate::gptq::is_packed(&self.weights, &prefix) => {
+                    crate::gptq::load_packed(&self.weights, &prefix, q, (o, n))?.dequantize()
+                }
+                _ => self
+                    .weights
+                    .load_matrix(&format!("{prefix}.weight"), o, n)?,
+            };
             let has_bias = match id {
                 LinearId::Q | LinearId::K | LinearId::V => c.attention_bias,
                 // Qwen2 has q/k/v biases but none on o_proj; Llama's attention_bias covers o.

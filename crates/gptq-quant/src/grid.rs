@@ -27,6 +27,7 @@ pub struct MinMaxGrid {
     bits: u8,
     symmetric: bool,
     clip_search: Option<ClipSearch>,
+    min_zero: u16,
 }
 
 impl MinMaxGrid {
@@ -41,6 +42,7 @@ impl MinMaxGrid {
             bits,
             symmetric,
             clip_search: None,
+            min_zero: 0,
         })
     }
 
@@ -50,6 +52,7 @@ impl MinMaxGrid {
             bits: config.bits(),
             symmetric: config.symmetric(),
             clip_search: config.clip_search(),
+            min_zero: 0,
         }
     }
 
@@ -57,6 +60,19 @@ impl MinMaxGrid {
     pub fn with_clip_search(mut self, clip: ClipSearch) -> Self {
         self.clip_search = Some(clip);
         self
+    }
+
+    /// Keeps asymmetric zero points at or above `min_zero` (at most half the codes), widening
+    /// the step so that the range still fits: checkpoint format "gptq" (v1) stores `zero - 1`
+    /// and so needs `min_zero = 1`. Symmetric zero points are always at least 2.
+    pub fn with_min_zero(mut self, min_zero: u16) -> Self {
+        self.min_zero = min_zero.min(self.max_code() / 2);
+        self
+    }
+
+    /// The smallest zero point the grid produces.
+    pub fn min_zero(&self) -> u16 {
+        self.min_zero
     }
 
     /// Whether the grid is symmetric.
@@ -73,12 +89,22 @@ impl MinMaxGrid {
             // The range overflowed f32 (|w| near f32::MAX): divide first.
             scale = xmax / maxq - xmin / maxq;
         }
-        let zero = if self.symmetric {
-            max_code.div_ceil(2)
-        } else {
-            ((-xmin / scale).round_ties_even().clamp(0.0, maxq)) as u16
-        };
-        GroupParams { scale, zero }
+        if self.symmetric {
+            return GroupParams {
+                scale,
+                zero: max_code.div_ceil(2),
+            };
+        }
+        let zero = ((-xmin / scale).round_ties_even().clamp(0.0, maxq)) as u16;
+        if zero >= self.min_zero {
+            return GroupParams { scale, zero };
+        }
+        // Raise the zero point and widen the step so that [xmin, xmax] is still covered.
+        let raised = self.min_zero as f32;
+        GroupParams {
+            scale: (xmax / (maxq - raised)).max(-xmin / raised).max(scale),
+            zero: self.min_zero,
+        }
     }
 
     /// The reference's clipping search: shrink the range by `p = 1 - i/grid`, keep the fit with
@@ -176,6 +202,7 @@ impl QuantGrid for MinMaxGrid {
             bits: self.bits,
             symmetric: self.symmetric,
             clip_search: self.clip_search,
+            min_zero: self.min_zero,
         })
     }
 }
@@ -268,12 +295,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_raised_zero_point_still_covers_the_range() {
+        let grid = MinMaxGrid::new(4, false).unwrap().with_min_zero(1);
+        let w = [0.0, 0.3, 1.5];
+        let p = grid.fit(&w);
+        assert_eq!(p.zero, 1);
+        for x in w {
+            let back = dequantize_code(quantize_value(x, p, 15), p);
+            assert!((back - x).abs() <= p.scale / 2.0 + 1e-6, "{x} -> {back}");
+        }
+        // Groups with negative weights keep their natural zero point.
+        assert_eq!(
+            grid.fit(&[-1.0, 1.0]),
+            MinMaxGrid::new(4, false).unwrap().fit(&[-1.0, 1.0])
+        );
+    }
+
     proptest! {
         #[test]
         fn every_grid_round_trips_within_half_a_step(
-            row in weight_rows(1..200), bits in 2u8..=8, symmetric: bool, clip: bool,
+            row in weight_rows(1..200), bits in 2u8..=8, symmetric: bool, clip: bool, raise: bool,
         ) {
-            let mut grid = MinMaxGrid::new(bits, symmetric).unwrap();
+            let mut grid = MinMaxGrid::new(bits, symmetric).unwrap().with_min_zero(u16::from(raise));
             if clip {
                 grid = grid.with_clip_search(ClipSearch::default());
             }

@@ -1,0 +1,182 @@
+//! Reading GPTQ checkpoints: `quantization_config` and the packed linear layers.
+//!
+//! A GPTQ checkpoint replaces `PREFIX.weight` of each quantized linear by `PREFIX.qweight`,
+//! `PREFIX.qzeros`, `PREFIX.scales` and `PREFIX.g_idx`; `config.json` says how in its
+//! `quantization_config`. Such layers are unpacked with `gptq-quant` and dequantized to f32, so
+//! the rest of this crate runs them like any other layer.
+
+use gptq_core::QuantizedTensor;
+use gptq_quant::{CheckpointFormat, PackedTensor, unpack};
+use half::{bf16, f16};
+use ndarray::Array2;
+use safetensors::Dtype;
+use serde_json::Value;
+
+use crate::error::{ModelError, Result};
+use crate::weights::WeightStore;
+
+/// The `quantization_config` of a GPTQ checkpoint (the fields this crate reads; the whole
+/// object stays in [`ModelConfig::raw`](crate::ModelConfig::raw)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GptqQuantization {
+    /// Bits per weight.
+    pub bits: u8,
+    /// Columns per group, `-1` for per-channel.
+    pub group_size: i64,
+    /// Act-order ("desc_act").
+    pub desc_act: bool,
+    /// Symmetric grid.
+    pub sym: bool,
+    /// How zero points are stored ("gptq" when the field is absent, as older tools wrote).
+    pub format: CheckpointFormat,
+}
+
+impl GptqQuantization {
+    /// Parses `config.json`'s `quantization_config`, if any. Quantization methods other than
+    /// GPTQ are refused.
+    pub fn from_config(raw: &Value) -> Result<Option<Self>> {
+        let Some(q) = raw.get("quantization_config").filter(|q| !q.is_null()) else {
+            return Ok(None);
+        };
+        let field = |reason: String| ModelError::ConfigField {
+            field: "quantization_config",
+            reason,
+        };
+        let method = q
+            .get("quant_method")
+            .and_then(Value::as_str)
+            .unwrap_or("gptq");
+        if method != "gptq" {
+            return Err(ModelError::UnsupportedFeature(format!(
+                "quantization method `{method}`: only GPTQ checkpoints can be read"
+            )));
+        }
+        let bits = q
+            .get("bits")
+            .and_then(Value::as_u64)
+            .filter(|b| matches!(b, 2 | 3 | 4 | 8))
+            .ok_or_else(|| field("has no `bits` of 2, 3, 4 or 8".into()))? as u8;
+        let group_size = q.get("group_size").and_then(Value::as_i64).unwrap_or(-1);
+        let format = match q.get("checkpoint_format").and_then(Value::as_str) {
+            None => CheckpointFormat::Gptq,
+            Some(s) => s
+                .parse()
+                .map_err(|e: gptq_core::GptqError| field(e.to_string()))?,
+        };
+        let flag = |name: &str| q.get(name).and_then(Value::as_bool).unwrap_or(false);
+        Ok(Some(GptqQuantization {
+            bits,
+            group_size,
+            desc_act: flag("desc_act"),
+            sym: flag("sym"),
+            format,
+        }))
+    }
+}
+
+/// Whether the linear at `prefix` (e.g. `model.layers.0.mlp.up_proj`) is stored packed.
+pub fn is_packed(weights: &WeightStore, prefix: &str) -> bool {
+    weights.contains(&format!("{prefix}.qweight"))
+}
+
+/// Reads the packed linear at `prefix` (`out × in`) and unpacks it.
+pub fn load_packed(
+    weights: &WeightStore,
+    prefix: &str,
+    quantization: &GptqQuantization,
+    (out_features, in_features): (usize, usize),
+) -> Result<QuantizedTensor> {
+    let bits = quantization.bits;
+    let invalid = |reason: String| ModelError::InvalidQuantized {
+        name: prefix.to_string(),
+        reason,
+    };
+    let int_matrix = |suffix: &str| -> Result<Array2<i32>> {
+        let name = format!("{prefix}.{suffix}");
+        let raw = weights.raw(&name)?;
+        if raw.dtype != Dtype::I32 || raw.shape.len() != 2 {
+            return Err(invalid(format!(
+                "{name} is {:?} {:?}, expected a 2-D I32 tensor",
+                raw.dtype, raw.shape
+            )));
+        }
+        let values = raw
+            .data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        Ok(Array2::from_shape_vec((raw.shape[0], raw.shape[1]), values)
+            .expect("safetensors checked the size"))
+    };
+    let qweight = int_matrix("qweight")?;
+    let qzeros = int_matrix("qzeros")?;
+    let scales = {
+        let name = format!("{prefix}.scales");
+        let raw = weights.raw(&name)?;
+        if raw.shape.len() != 2 {
+            return Err(invalid(format!(
+                "{name} has shape {:?}, expected 2-D",
+                raw.shape
+            )));
+        }
+        let values: Vec<f16> = match raw.dtype {
+            Dtype::F16 => raw
+                .data
+                .chunks_exact(2)
+                .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                .collect(),
+            Dtype::BF16 => raw
+                .data
+                .chunks_exact(2)
+                .map(|b| f16::from_f32(bf16::from_le_bytes([b[0], b[1]]).to_f32()))
+                .collect(),
+            Dtype::F32 => raw
+                .data
+                .chunks_exact(4)
+                .map(|b| f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                .collect(),
+            other => return Err(invalid(format!("{name} has dtype {other:?}, expected F16"))),
+        };
+        Array2::from_shape_vec((raw.shape[0], raw.shape[1]), values)
+            .expect("safetensors checked the size")
+    };
+    let g_idx = match weights.raw(&format!("{prefix}.g_idx")) {
+        Ok(raw) if raw.dtype == Dtype::I32 && raw.shape == [in_features] => raw
+            .data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        Ok(raw) => {
+            return Err(invalid(format!(
+                "g_idx is {:?} {:?}, expected I32 [{in_features}]",
+                raw.dtype, raw.shape
+            )));
+        }
+        // Older checkpoints without act-order omit g_idx: groups are consecutive columns.
+        Err(_) => {
+            let group = if quantization.group_size > 0 {
+                quantization.group_size as usize
+            } else {
+                in_features
+            };
+            (0..in_features).map(|c| (c / group) as i32).collect()
+        }
+    };
+    let packed = PackedTensor {
+        bits,
+        format: quantization.format,
+        qweight,
+        qzeros,
+        scales,
+        g_idx,
+    };
+    let tensor = unpack(&packed).map_err(|e| invalid(e.to_string()))?;
+    if (tensor.rows(), tensor.columns()) != (out_features, in_features) {
+        return Err(invalid(format!(
+            "unpacks to {}×{} but config.json implies {out_features}×{in_features}",
+            tensor.rows(),
+            tensor.columns()
+        )));
+    }
+    Ok(tensor)
+}
