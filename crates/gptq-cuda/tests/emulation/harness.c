@@ -10,6 +10,13 @@
  * [slots][rows] f32, zeros [slots][rows] u16.
  * OUTPUT: codes [rows][columns] u8 row-major, scales [slots][rows] f32, zeros [slots][rows] u16.
  *
+ * harness --functions INPUT OUTPUT
+ *
+ * INPUT: int32 count, then per case int32 (n, max_code, symmetric, clip_steps, clip_grid,
+ * candidates, zero), float32 (clip_norm, shrink_step, scale), values [n] f32, importance [n] f32.
+ * OUTPUT per case: weighted_error(values, importance, (scale, zero)) f32, then the fit
+ * (plain, or searched when candidates > 1) as scale f32 and zero u32.
+ *
  * Between blocks it applies the lazy update W[:, end:] -= E · U[block, end:] with plain loops;
  * the tests use it with a block-diagonal U, where that update changes nothing. */
 #include <stdio.h>
@@ -27,7 +34,52 @@ static void *read_exact(FILE *f, size_t bytes) {
     return p;
 }
 
+static int functions(const char *input, const char *output) {
+    FILE *in = fopen(input, "rb");
+    FILE *out = fopen(output, "wb");
+    if (!in || !out) {
+        perror("harness");
+        return 2;
+    }
+    int *count = read_exact(in, sizeof(int));
+    for (int c = 0; c < *count; ++c) {
+        int *h = read_exact(in, 7 * sizeof(int));
+        float *hf = read_exact(in, 3 * sizeof(float));
+        int n = h[0];
+        float *values = read_exact(in, (size_t)n * sizeof(float));
+        float *importance = read_exact(in, (size_t)n * sizeof(float));
+        gptq_grid g;
+        g.max_code = h[1];
+        g.symmetric = h[2];
+        g.clip_steps = h[3];
+        g.clip_grid = (unsigned int)h[4];
+        g.clip_norm = hf[0];
+        gptq_values v;
+        v.a = values;
+        v.na = n;
+        v.b = values;
+        v.nb = 0;
+        v.stride = 1;
+        gptq_params p;
+        p.scale = hf[2];
+        p.zero = (unsigned int)h[6];
+        float error = gptq_weighted_error(&v, importance, p, (float)g.max_code);
+        gptq_params fitted = gptq_fit(&g, &v, importance, (unsigned int)h[5], hf[1]);
+        fwrite(&error, sizeof(float), 1, out);
+        fwrite(&fitted.scale, sizeof(float), 1, out);
+        fwrite(&fitted.zero, sizeof(unsigned int), 1, out);
+        free(h);
+        free(hf);
+        free(values);
+        free(importance);
+    }
+    fclose(in);
+    fclose(out);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 4 && strcmp(argv[1], "--functions") == 0) return functions(argv[2], argv[3]);
     if (argc != 3) {
         fprintf(stderr, "usage: harness INPUT OUTPUT\n");
         return 2;
