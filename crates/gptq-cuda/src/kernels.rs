@@ -24,6 +24,12 @@ pub const KERNEL_NAMES: [&str; 9] = [
     "gptq_dot_partials",
 ];
 
+/// Whether libnvrtc (the run-time CUDA compiler) can be loaded on this machine; it needs no GPU.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to open the library.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
 /// Checks that libnvrtc can be loaded, with the functions cudarc calls to compile.
 pub(crate) fn check_nvrtc() -> Result<()> {
     use std::ffi::c_void;
@@ -68,7 +74,11 @@ pub fn compile_kernels(arch: &str) -> Result<String> {
 }
 
 fn compile(arch: &str) -> Result<Ptx> {
-    cudarc::nvrtc::compile_ptx_with_opts(KERNEL_SOURCE, options(arch)).map_err(|e| match e {
+    compile_source(KERNEL_SOURCE, arch)
+}
+
+fn compile_source(source: &str, arch: &str) -> Result<Ptx> {
+    cudarc::nvrtc::compile_ptx_with_opts(source, options(arch)).map_err(|e| match e {
         CompileError::CompileError { nvrtc, log, .. } => backend_error(format!(
             "NVRTC could not compile the kernels for {arch} ({nvrtc:?}):\n{}",
             log.to_string_lossy()
@@ -120,5 +130,23 @@ impl Kernels {
             dot_partials: function("gptq_dot_partials")?,
             _module: module,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_compile_error_carries_the_nvrtc_log() {
+        if !nvrtc_present() || check_nvrtc().is_err() {
+            println!("skipped: libnvrtc cannot be loaded (add its folder to LD_LIBRARY_PATH)");
+            return;
+        }
+        let source = "extern \"C\" __global__ void broken(float* x) { x[0] = undeclared; }";
+        let err = compile_source(source, "compute_90").unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, gptq_core::GptqError::Backend { backend: "cuda", .. }));
+        assert!(message.contains("undeclared"), "{message}");
     }
 }

@@ -53,7 +53,7 @@ use ndarray::{Array2, ArrayView2};
 use device::Device;
 pub use factor::CudaFactor;
 pub use hessian::{CudaHessian, CudaHessianAccumulator};
-pub use kernels::{KERNEL_NAMES, KERNEL_SOURCE, compile_kernels};
+pub use kernels::{KERNEL_NAMES, KERNEL_SOURCE, compile_kernels, nvrtc_present};
 
 /// GPTQ on one NVIDIA GPU. Cheap to clone (the device is shared); all work of one backend runs
 /// in order on one stream.
