@@ -45,6 +45,36 @@ impl CudaFactor {
     }
 }
 
+/// Checks and uploads a host factor.
+pub(crate) fn from_host(device: &Arc<Device>, upper: ndarray::ArrayView2<'_, f32>) -> Result<CudaFactor> {
+    let n = upper.nrows();
+    gptq_core::validate::check_square("inverse factor", upper, n)?;
+    gptq_core::validate::check_non_empty("inverse factor", upper)?;
+    check_finite("inverse factor", upper)?;
+    if let Some(k) = (0..n).find(|&k| !(upper[[k, k]] > 0.0)) {
+        return Err(GptqError::InvalidConfig(format!(
+            "the inverse factor's diagonal must be positive, found U[{k}, {k}] = {}",
+            upper[[k, k]]
+        )));
+    }
+    if let Some(((i, j), _)) = upper.indexed_iter().find(|&((i, j), &u)| j < i && u != 0.0) {
+        return Err(GptqError::InvalidConfig(format!(
+            "the inverse factor must be upper-triangular, found U[{i}, {j}] = {}",
+            upper[[i, j]]
+        )));
+    }
+    let data = upper.as_standard_layout();
+    let data = data.as_slice().unwrap_or(&[]);
+    let session = device.session()?;
+    let buffer = session.upload(data, "the inverse factor")?;
+    Ok(CudaFactor {
+        upper: buffer,
+        columns: n,
+        diagonal: upper.diag().to_vec(),
+        device: device.clone(),
+    })
+}
+
 /// `order[i]` = the original column at position `n - 1 - i` of the quantization order; the
 /// checks and messages of the CPU.
 fn reversed_order(n: usize, request: &FactorRequest<'_>) -> Result<Vec<usize>> {

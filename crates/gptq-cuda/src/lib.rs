@@ -110,6 +110,13 @@ impl CudaBackend {
         self.device.session()?.kernels().map(|_| ())
     }
 
+    /// Uploads an inverse factor computed elsewhere (`U`, upper-triangular with a positive
+    /// diagonal, `columns × columns`, quantization order), e.g. the CPU's, to run the blocked
+    /// solve on exactly the same `U`.
+    pub fn factor_from_host(&self, upper: ArrayView2<'_, f32>) -> Result<CudaFactor> {
+        factor::from_host(&self.device, upper)
+    }
+
     fn same_device(&self, other: &Arc<Device>, what: &str) -> Result<()> {
         if Arc::ptr_eq(&self.device, other) {
             Ok(())
