@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use cudarc::cublas::CudaBlas;
 use cudarc::cusolver::DnHandle;
 use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr,
-    LaunchConfig, ValidAsZeroBits, sys as driver_sys,
+    CudaContext, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig,
+    ValidAsZeroBits, sys as driver_sys,
 };
 use gptq_core::{GptqError, Result};
 
@@ -202,9 +202,9 @@ impl Device {
             Err(e) => {
                 use driver_sys::cudaError_enum as E;
                 return Err(match e.0 {
-                    E::CUDA_ERROR_NO_DEVICE => unsupported(format!(
-                        "this machine: the CUDA driver found no GPU ({e})"
-                    )),
+                    E::CUDA_ERROR_NO_DEVICE => {
+                        unsupported(format!("this machine: the CUDA driver found no GPU ({e})"))
+                    }
                     E::CUDA_ERROR_INVALID_DEVICE => unsupported(format!(
                         "GPU ordinal {ordinal}: there are only {} GPUs",
                         CudaContext::device_count().unwrap_or(0)
@@ -227,7 +227,8 @@ impl Device {
             .context(|| "cannot read the GPU's multiprocessor count".into())?
             .max(1) as usize;
 
-        let blas = CudaBlas::new(stream.clone()).context(|| "cannot create a cuBLAS handle".into())?;
+        let blas =
+            CudaBlas::new(stream.clone()).context(|| "cannot create a cuBLAS handle".into())?;
         // Pedantic math: true f32/f64 arithmetic in every product (no TF32, no BF16x9 or
         // fixed-point emulation), as the CPU computes them.
         // SAFETY: a valid handle, set once before any use.

@@ -46,12 +46,15 @@ impl CudaFactor {
 }
 
 /// Checks and uploads a host factor.
-pub(crate) fn from_host(device: &Arc<Device>, upper: ndarray::ArrayView2<'_, f32>) -> Result<CudaFactor> {
+pub(crate) fn from_host(
+    device: &Arc<Device>,
+    upper: ndarray::ArrayView2<'_, f32>,
+) -> Result<CudaFactor> {
     let n = upper.nrows();
     gptq_core::validate::check_square("inverse factor", upper, n)?;
     gptq_core::validate::check_non_empty("inverse factor", upper)?;
     check_finite("inverse factor", upper)?;
-    if let Some(k) = (0..n).find(|&k| !(upper[[k, k]] > 0.0)) {
+    if let Some(k) = (0..n).find(|&k| upper[[k, k]] <= 0.0) {
         return Err(GptqError::InvalidConfig(format!(
             "the inverse factor's diagonal must be positive, found U[{k}, {k}] = {}",
             upper[[k, k]]

@@ -146,7 +146,13 @@ mod tests {
         let source = "extern \"C\" __global__ void broken(float* x) { x[0] = undeclared; }";
         let err = compile_source(source, "compute_90").unwrap_err();
         let message = err.to_string();
-        assert!(matches!(err, gptq_core::GptqError::Backend { backend: "cuda", .. }));
+        assert!(matches!(
+            err,
+            gptq_core::GptqError::Backend {
+                backend: "cuda",
+                ..
+            }
+        ));
         assert!(message.contains("undeclared"), "{message}");
     }
 }

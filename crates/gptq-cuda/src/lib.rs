@@ -138,7 +138,11 @@ impl Backend for CudaBackend {
         device::NAME
     }
 
-    fn accumulator(&self, columns: usize, options: HessianOptions) -> Result<CudaHessianAccumulator> {
+    fn accumulator(
+        &self,
+        columns: usize,
+        options: HessianOptions,
+    ) -> Result<CudaHessianAccumulator> {
         CudaHessianAccumulator::new(&self.device, columns, options)
     }
 

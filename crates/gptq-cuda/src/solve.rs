@@ -18,7 +18,9 @@ use gptq_core::{
 };
 use ndarray::{Array2, ArrayView2};
 
-use crate::device::{Context, Session, address, address_mut, backend_error, int, launch, unsupported};
+use crate::device::{
+    Context, Session, address, address_mut, backend_error, int, launch, unsupported,
+};
 use crate::factor::CudaFactor;
 
 /// Kernel modes, as in kernels.cu.
@@ -329,7 +331,8 @@ pub(crate) fn blocked_solve<G: QuantGrid + ?Sized>(
         GroupPlan::Dynamic { .. } => {
             let scales = session.download(&scales, slots * rows, "the grid scales")?;
             let zeros = session.download(&zeros, slots * rows, "the grid zero points")?;
-            let shape_error = |e: ndarray::ShapeError| backend_error(format!("internal error: {e}"));
+            let shape_error =
+                |e: ndarray::ShapeError| backend_error(format!("internal error: {e}"));
             gptq_core::ParamTable {
                 scales: Array2::from_shape_vec((slots, rows), scales).map_err(shape_error)?,
                 zeros: Array2::from_shape_vec((slots, rows), zeros).map_err(shape_error)?,

@@ -10,6 +10,8 @@
 //! carried from one block to the next, blocks that start mid-group, and block-start fits that
 //! reach past the block).
 
+#![allow(clippy::single_range_in_vec_init)] // plans of a single block
+
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,7 +40,14 @@ fn harness() -> Option<&'static Path> {
             // IEEE arithmetic as the kernel is compiled by NVRTC: no contraction into fused
             // multiply-adds, no fast math.
             let output = Command::new(&cc)
-                .args(["-std=c99", "-O2", "-ffp-contract=off", "-fno-fast-math", "-x", "c"])
+                .args([
+                    "-std=c99",
+                    "-O2",
+                    "-ffp-contract=off",
+                    "-fno-fast-math",
+                    "-x",
+                    "c",
+                ])
                 .arg(&source)
                 .arg("-o")
                 .arg(&exe)
@@ -67,8 +76,15 @@ fn grid_words(grid: &MinMaxGrid) -> (i32, i32, i32, i32, f32) {
             clip_search,
             ..
         }) => {
-            let (steps, g, norm) = clip_search.map_or((0, 1, 1.0), |c| (c.steps() as i32, c.grid as i32, c.norm));
-            (i32::from(grid.max_code()), i32::from(symmetric), steps, g, norm)
+            let (steps, g, norm) =
+                clip_search.map_or((0, 1, 1.0), |c| (c.steps() as i32, c.grid as i32, c.norm));
+            (
+                i32::from(grid.max_code()),
+                i32::from(symmetric),
+                steps,
+                g,
+                norm,
+            )
         }
         _ => unreachable!(),
     }
@@ -92,7 +108,11 @@ fn emulate(
             fit_from,
             search,
         } => (
-            if *fit_from == FitSource::Current { 1 } else { 2 },
+            if *fit_from == FitSource::Current {
+                1
+            } else {
+                2
+            },
             *group_size as i32,
             search.map_or(0, |s| s.candidates),
             search.map_or(0.0, |s| s.shrink_step),
@@ -129,15 +149,16 @@ fn emulate(
     };
     floats(&mut bytes, &mut weights.iter().copied());
     floats(&mut bytes, &mut upper.iter().copied());
-    floats(
-        &mut bytes,
-        &mut upper.diag().iter().map(|u| 1.0 / (u * u)),
-    );
+    floats(&mut bytes, &mut upper.diag().iter().map(|u| 1.0 / (u * u)));
     let (slot_of_column, scales, zeros) = match &plan.groups {
         GroupPlan::Fixed {
             table,
             slot_of_column,
-        } => (slot_of_column.clone(), table.scales.clone(), table.zeros.clone()),
+        } => (
+            slot_of_column.clone(),
+            table.scales.clone(),
+            table.zeros.clone(),
+        ),
         GroupPlan::Dynamic { .. } => (
             vec![0; columns],
             Array2::zeros((slots, rows)),
@@ -251,18 +272,30 @@ fn one_block_matches_the_cpu_row_kernel_bit_for_bit() {
                 "static-permuted",
                 GroupPlan::Fixed {
                     table: fit_table(&grid, weights.view(), &group_ranges, None),
-                    slot_of_column: (0..columns).map(|c| ((c * 37) % columns / 32) as u32).collect(),
+                    slot_of_column: (0..columns)
+                        .map(|c| ((c * 37) % columns / 32) as u32)
+                        .collect(),
                 },
             ),
             ("dynamic-current", dynamic(32, FitSource::Current, None)),
-            ("dynamic-block-start", dynamic(24, FitSource::BlockStart, None)),
+            (
+                "dynamic-block-start",
+                dynamic(24, FitSource::BlockStart, None),
+            ),
             (
                 "dynamic-search",
                 dynamic(32, FitSource::Current, Some(RangeSearch::default())),
             ),
             (
                 "dynamic-ragged-search",
-                dynamic(40, FitSource::Current, Some(RangeSearch { candidates: 30, shrink_step: 0.04 })),
+                dynamic(
+                    40,
+                    FitSource::Current,
+                    Some(RangeSearch {
+                        candidates: 30,
+                        shrink_step: 0.04,
+                    }),
+                ),
             ),
         ];
         for (plan_name, groups) in plans {
@@ -293,7 +326,14 @@ fn the_clipping_search_matches_the_cpu_bit_for_bit() {
             ("dynamic", dynamic(32, FitSource::Current, None)),
             (
                 "dynamic-search",
-                dynamic(32, FitSource::Current, Some(RangeSearch { candidates: 4, shrink_step: 0.05 })),
+                dynamic(
+                    32,
+                    FitSource::Current,
+                    Some(RangeSearch {
+                        candidates: 4,
+                        shrink_step: 0.05,
+                    }),
+                ),
             ),
         ] {
             let plan = SolvePlan {
@@ -332,8 +372,14 @@ fn several_blocks_carry_groups_across_block_ends() {
     for (name, grid) in grids() {
         let plans = [
             ("dynamic-current", dynamic(16, FitSource::Current, None)),
-            ("dynamic-block-start", dynamic(16, FitSource::BlockStart, None)),
-            ("dynamic-block-start-wide", dynamic(48, FitSource::BlockStart, None)),
+            (
+                "dynamic-block-start",
+                dynamic(16, FitSource::BlockStart, None),
+            ),
+            (
+                "dynamic-block-start-wide",
+                dynamic(48, FitSource::BlockStart, None),
+            ),
             (
                 "dynamic-search",
                 dynamic(24, FitSource::Current, Some(RangeSearch::default())),
@@ -347,7 +393,9 @@ fn several_blocks_carry_groups_across_block_ends() {
                         &[0..30, 30..60, 60..90, 90..100],
                         None,
                     ),
-                    slot_of_column: (0..columns).map(|c| ((c * 7) % columns / 30) as u32).collect(),
+                    slot_of_column: (0..columns)
+                        .map(|c| ((c * 7) % columns / 30) as u32)
+                        .collect(),
                 },
             ),
         ];
@@ -376,7 +424,9 @@ fn degenerate_rows_match_the_cpu() {
     let (mut weights, hessian) = random_layer(rows, columns, 13);
     weights.row_mut(0).fill(0.0);
     weights.row_mut(1).mapv_inplace(|w| w * 1e-40);
-    weights.row_mut(2).mapv_inplace(|w| w.signum() * 3.0e38 * (1.0 - w.abs()));
+    weights
+        .row_mut(2)
+        .mapv_inplace(|w| w.signum() * 3.0e38 * (1.0 - w.abs()));
     weights.row_mut(3).mapv_inplace(f32::abs);
     weights.row_mut(4).mapv_inplace(|w| -w.abs());
     for (name, grid) in grids() {
@@ -421,7 +471,10 @@ fn weighted_error_and_searched_fits_match_bit_for_bit() {
     for seed in 0..400u64 {
         let n = 1 + (seed as usize * 7) % 150;
         let magnitude = [1e-3f32, 0.05, 1.0, 30.0][seed as usize % 4];
-        let values: Vec<f32> = seeded_matrix(1, n, seed, magnitude).iter().copied().collect();
+        let values: Vec<f32> = seeded_matrix(1, n, seed, magnitude)
+            .iter()
+            .copied()
+            .collect();
         let importance: Vec<f32> = seeded_matrix(1, n, seed + 1000, 1.0)
             .iter()
             .map(|x| 0.1 + x.abs() * 40.0)

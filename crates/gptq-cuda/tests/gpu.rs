@@ -2,6 +2,8 @@
 //! the reference implementation's fixtures. Every test needs a GPU: on a machine without one it
 //! prints one line saying why it is skipped and returns.
 
+#![allow(clippy::single_range_in_vec_init)] // plans of a single block
+
 use std::path::PathBuf;
 
 use gptq_core::testing::seeded_matrix;
@@ -48,7 +50,11 @@ fn config(bits: u8, group: GroupSize, symmetric: bool, act_order: bool, stat: bo
 fn configs(columns: usize) -> Vec<QuantConfig> {
     let mut out = Vec::new();
     for (k, bits) in [2u8, 3, 4, 8].into_iter().enumerate() {
-        for group in [GroupSize::PerChannel, GroupSize::Columns(32), GroupSize::Columns(128)] {
+        for group in [
+            GroupSize::PerChannel,
+            GroupSize::Columns(32),
+            GroupSize::Columns(128),
+        ] {
             if let GroupSize::Columns(g) = group {
                 if g > columns {
                     continue;
@@ -85,7 +91,13 @@ fn without_a_driver_the_backend_says_so() {
     }
     let err = CudaBackend::new(0).unwrap_err();
     assert!(
-        matches!(err, GptqError::Unsupported { backend: "cuda", .. }),
+        matches!(
+            err,
+            GptqError::Unsupported {
+                backend: "cuda",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("no CUDA driver"), "{err}");
@@ -111,7 +123,11 @@ fn cuda_matches_cpu_on_random_layers() {
                 assert!(agreement >= 0.995, "{what}: codes agree {agreement}");
                 assert!((ratio - 1.0).abs() <= 1e-3, "{what}: loss ratio {ratio}");
                 assert_eq!(ours.tensor.g_idx(), spec.tensor.g_idx(), "{what}");
-                assert_eq!(ours.tensor.permutation(), spec.tensor.permutation(), "{what}");
+                assert_eq!(
+                    ours.tensor.permutation(),
+                    spec.tensor.permutation(),
+                    "{what}"
+                );
                 assert_eq!(ours.report.damping, spec.report.damping, "{what}");
                 assert!(ours.report.timings.column_loop.as_nanos() > 0, "{what}");
             }
@@ -219,7 +235,9 @@ fn the_column_loop_is_bit_identical_to_the_cpu_on_the_same_factor() {
             let ours = cuda
                 .blocked_solve(weight.view(), &cuda_factor, &plan, &grid)
                 .unwrap();
-            let spec = cpu.blocked_solve(weight.view(), &factor, &plan, &grid).unwrap();
+            let spec = cpu
+                .blocked_solve(weight.view(), &factor, &plan, &grid)
+                .unwrap();
             assert_eq!(ours.codes, spec.codes, "{bits} bits {name}");
             assert_eq!(
                 ours.params.scales.mapv(f32::to_bits),
@@ -243,7 +261,12 @@ fn the_column_loop_is_bit_identical_to_the_cpu_on_the_same_factor() {
                 spec.codes.slice(s![.., 0..64]),
                 "{bits} bits {name}, first of several blocks"
             );
-            let same = ours.codes.iter().zip(&spec.codes).filter(|(a, b)| a == b).count();
+            let same = ours
+                .codes
+                .iter()
+                .zip(&spec.codes)
+                .filter(|(a, b)| a == b)
+                .count();
             assert!(
                 same as f64 >= 0.995 * spec.codes.len() as f64,
                 "{bits} bits {name}: {same} of {} codes agree",
@@ -273,8 +296,12 @@ fn accumulate<B: Backend>(backend: &B, precision: HessianPrecision) -> Array2<f6
                 .unwrap(),
             1 => {
                 let h = x.mapv(f16::from_f32);
-                acc.add_batch(&ActivationBatch::new(h.view()).sequences(sequences).mask(&mask))
-                    .unwrap()
+                acc.add_batch(
+                    &ActivationBatch::new(h.view())
+                        .sequences(sequences)
+                        .mask(&mask),
+                )
+                .unwrap()
             }
             _ => {
                 let b = x.t().mapv(bf16::from_f32);
@@ -296,7 +323,10 @@ fn relative_error(a: &Array2<f64>, b: &Array2<f64>) -> f64 {
 fn hessians_accumulate_like_the_cpu() {
     let Some(cuda) = gpu() else { return };
     let cpu = CpuBackend::new();
-    for (precision, tolerance) in [(HessianPrecision::F64, 1e-12), (HessianPrecision::F32, 1e-5)] {
+    for (precision, tolerance) in [
+        (HessianPrecision::F64, 1e-12),
+        (HessianPrecision::F32, 1e-5),
+    ] {
         let ours = accumulate(&cuda, precision);
         let spec = accumulate(&cpu, precision);
         let error = relative_error(&ours, &spec);
@@ -322,9 +352,17 @@ fn rejected_batches_leave_the_accumulator_untouched() {
     ));
     let mut bad = good.clone();
     bad[[4, 3]] = f32::NAN;
-    let err = acc.add_batch(&ActivationBatch::new(bad.view())).unwrap_err();
+    let err = acc
+        .add_batch(&ActivationBatch::new(bad.view()))
+        .unwrap_err();
     assert!(
-        matches!(err, GptqError::NonFinite { what: "activations", .. }),
+        matches!(
+            err,
+            GptqError::NonFinite {
+                what: "activations",
+                ..
+            }
+        ),
         "{err}"
     );
     assert!(err.to_string().contains("[4, 3]"), "{err}");
@@ -403,15 +441,23 @@ fn factors_match_the_cpu_and_fail_the_same_way() {
         },
     };
     let err = cuda
-        .inverse_factor(&cuda.hessian_from_host(indefinite.view()).unwrap(), &request)
+        .inverse_factor(
+            &cuda.hessian_from_host(indefinite.view()).unwrap(),
+            &request,
+        )
         .unwrap_err();
     let spec = cpu
         .inverse_factor(&cpu.hessian_from_host(indefinite.view()).unwrap(), &request)
         .unwrap_err();
-    assert!(matches!(err, GptqError::NotPositiveDefinite { columns: 16, .. }), "{err}");
+    assert!(
+        matches!(err, GptqError::NotPositiveDefinite { columns: 16, .. }),
+        "{err}"
+    );
     assert_eq!(err.to_string(), spec.to_string());
     // Bad requests: the CPU's errors.
-    let h = cuda.hessian_from_host(Array2::<f64>::eye(4).view()).unwrap();
+    let h = cuda
+        .hessian_from_host(Array2::<f64>::eye(4).view())
+        .unwrap();
     for request in [
         FactorRequest {
             dead_columns: &[4],
@@ -444,9 +490,15 @@ fn host_transfers_and_losses_match_the_cpu() {
     assert_eq!(back, spec);
     let loss = cuda.quadratic_loss(&h, weight.view()).unwrap();
     let spec_loss = cpu
-        .quadratic_loss(&cpu.hessian_from_host(hessian.view()).unwrap(), weight.view())
+        .quadratic_loss(
+            &cpu.hessian_from_host(hessian.view()).unwrap(),
+            weight.view(),
+        )
         .unwrap();
-    assert!((loss / spec_loss - 1.0).abs() < 1e-10, "{loss} vs {spec_loss}");
+    assert!(
+        (loss / spec_loss - 1.0).abs() < 1e-10,
+        "{loss} vs {spec_loss}"
+    );
     let mut asymmetric = hessian.clone();
     asymmetric[[0, 5]] += 1.0;
     assert!(matches!(
@@ -484,7 +536,13 @@ fn grids_without_a_spec_are_unsupported() {
         .quantize_with_grid(weight.view(), &h, &OpaqueGrid)
         .unwrap_err();
     assert!(
-        matches!(err, GptqError::Unsupported { backend: "cuda", .. }),
+        matches!(
+            err,
+            GptqError::Unsupported {
+                backend: "cuda",
+                ..
+            }
+        ),
         "{err}"
     );
 }

@@ -37,11 +37,21 @@ fn the_kernels_compile_to_ptx_without_fused_multiply_adds() {
         // half to even, IEEE division; no f32 fused multiply-add anywhere (the only fma in the
         // module is f64, inside the library's pow used by the clipping search).
         assert!(!ptx.contains("fma.rn.f32"), "{arch}: an f32 fma");
-        assert!(!ptx.contains("mad.f32") && !ptx.contains("mad.rn.f32"), "{arch}: an f32 mad");
+        assert!(
+            !ptx.contains("mad.f32") && !ptx.contains("mad.rn.f32"),
+            "{arch}: an f32 mad"
+        );
         assert!(!ptx.contains(".ftz.f32"), "{arch}: f32 subnormals flushed");
         for instruction in ["cvt.rni.f32.f32", "div.rn.f32", "mul.rn.f32", "sub.rn.f32"] {
-            assert!(column_loop.contains(instruction), "{arch}: no {instruction}");
+            assert!(
+                column_loop.contains(instruction),
+                "{arch}: no {instruction}"
+            );
         }
-        println!("{arch}: {} bytes of PTX, {} kernels", ptx.len(), KERNEL_NAMES.len());
+        println!(
+            "{arch}: {} bytes of PTX, {} kernels",
+            ptx.len(),
+            KERNEL_NAMES.len()
+        );
     }
 }
