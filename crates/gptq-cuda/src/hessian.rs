@@ -317,10 +317,8 @@ impl CudaHessianAccumulator {
                 .context(|| "cuBLAS DSYRK failed on the Hessian".into())?;
             }
         }
-        // The staging buffer is reused at once: wait until the upload has been consumed (the
-        // host-to-device copy from pageable memory has returned, but keep errors close to
-        // their cause).
-        session.synchronize()?;
+        // No wait: a copy from pageable host memory returns once the data is staged, so the
+        // host fills the next chunk while the GPU multiplies this one.
         self.filled = 0;
         Ok(())
     }

@@ -148,7 +148,6 @@ pub(crate) fn blocked_solve<G: QuantGrid + ?Sized>(
         });
     }
     let (rows_i, columns_i) = (int(rows, "weight rows")?, int(columns, "weight columns")?);
-    int(rows * columns, "weight size")?;
     let widest = plan.blocks.iter().map(|b| b.len()).max().unwrap_or(0);
     let kernels = session.kernels()?;
     let stream = session.stream().clone();
