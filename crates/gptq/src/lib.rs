@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 
 pub use gptq_core::*;
+#[cfg(feature = "cuda")]
+pub use gptq_cuda::{CudaBackend, CudaFactor, CudaHessian, CudaHessianAccumulator};
 #[cfg(feature = "cpu")]
 pub use gptq_solver::CpuBackend;
 pub use gptq_solver::{
@@ -11,6 +13,12 @@ pub use gptq_solver::{
 /// Grids and the packed checkpoint format (`gptq-quant`).
 pub mod quant {
     pub use gptq_quant::*;
+}
+
+/// The CUDA backend (`gptq-cuda`, feature `cuda`).
+#[cfg(feature = "cuda")]
+pub mod cuda {
+    pub use gptq_cuda::*;
 }
 
 /// CPU linear algebra (`gptq-linalg`).
