@@ -1,0 +1,90 @@
+//! `gptq eval`: perplexity by the GPTQ protocol.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use gptq_model::{Checkpoint, Par, PerplexityOptions, perplexity};
+
+use crate::progress::Bars;
+use crate::{CliResult, thread_pool};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Model directory (full precision or GPTQ).
+    #[arg(long)]
+    model: PathBuf,
+    /// Text file: tokenized whole, cut into consecutive windows.
+    #[arg(long)]
+    text: PathBuf,
+    /// Tokens per window.
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    /// Evaluate only the first N windows (all by default).
+    #[arg(long)]
+    windows: Option<usize>,
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+pub fn run(args: Args) -> CliResult {
+    let (pool, threads) = thread_pool(args.threads)?;
+    pool.install(|| evaluate(&args, threads))
+}
+
+fn evaluate(args: &Args, threads: usize) -> CliResult {
+    if args.windows == Some(0) {
+        return Err("--windows 0 evaluates nothing: pass at least 1".into());
+    }
+    let start = Instant::now();
+    let mut bars = Bars::new();
+    let checkpoint = Checkpoint::open(&args.model).map_err(|e| e.to_string())?;
+    if !args.text.is_file() {
+        return Err(format!(
+            "text file {} not found: pass --text with a UTF-8 text file",
+            args.text.display()
+        ));
+    }
+    let layers = checkpoint.config().num_hidden_layers as u64;
+    let loading = bars.start("loading model", layers);
+    let model = checkpoint.load_model().map_err(|e| e.to_string())?;
+    loading.set_position(layers);
+    bars.finish();
+    let tokenizer = checkpoint.load_tokenizer().map_err(|e| e.to_string())?;
+    let tokens = tokenizer
+        .encode_file(&args.text, false)
+        .map_err(|e| e.to_string())?;
+    let options = PerplexityOptions {
+        seqlen: args.seqlen,
+        max_windows: args.windows,
+        batch_windows: 4,
+        par: if threads == 1 {
+            Par::Seq
+        } else {
+            Par::rayon(threads)
+        },
+    };
+    let total = gptq_model::eval_windows(&tokens, args.seqlen, args.windows)
+        .map_err(|e| e.to_string())?
+        .len() as u64;
+    let bar = bars.start("evaluating windows", total);
+    let report = perplexity(&model, &tokens, &options, |done, _| {
+        bar.set_position(done as u64)
+    })
+    .map_err(|e| e.to_string())?;
+    bars.finish();
+    let kind = match &checkpoint.config().quantization {
+        Some(q) => format!("GPTQ {}-bit ({})", q.bits, q.format),
+        None => "full precision".to_string(),
+    };
+    println!(
+        "{}: {kind}, {} windows x {} tokens ({} predicted), {:.1} s",
+        args.model.display(),
+        report.windows,
+        args.seqlen,
+        report.predicted_tokens,
+        start.elapsed().as_secs_f64()
+    );
+    println!("perplexity {:.4}", report.perplexity);
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! `gptq quantize`: a model directory in, a GPTQ checkpoint out.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::ValueEnum;
+use gptq_core::{Backend, GroupSize, QuantConfig};
+use gptq_model::Checkpoint;
+use gptq_pipeline::{
+    CalibrationSource, PipelineOptions, RunReport, Totals, WriteOptions, peak_memory_bytes,
+    quantization_config, quantize_model, write_checkpoint,
+};
+use gptq_quant::CheckpointFormat;
+use gptq_solver::{CpuBackend, SolveOptions};
+
+use crate::progress::Bars;
+use crate::{CliResult, thread_pool};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Device {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// checkpoint_format "gptq" (zero points stored minus one; what most loaders expect).
+    Gptq,
+    /// checkpoint_format "gptq_v2" (zero points stored as they are).
+    #[value(name = "gptq_v2")]
+    GptqV2,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration data: a text file, a .jsonl of {"text": ...} lines, or a .json of token-id
+    /// windows ({"windows": [[...], ...]}).
+    #[arg(long)]
+    calib: PathBuf,
+    /// Output directory (must not exist unless --overwrite).
+    #[arg(long)]
+    out: PathBuf,
+    /// Bits per weight (2, 3, 4 or 8 can be packed).
+    #[arg(long, default_value_t = 4)]
+    bits: u8,
+    /// Input columns per group; -1 for one group per output row.
+    #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
+    group_size: i64,
+    /// Symmetric grid (the default).
+    #[arg(long, conflicts_with = "asym")]
+    sym: bool,
+    /// Asymmetric grid (writes checkpoint_format gptq_v2 unless --format gptq).
+    #[arg(long)]
+    asym: bool,
+    /// Quantize columns in order of decreasing Hessian diagonal (desc_act).
+    #[arg(long)]
+    act_order: bool,
+    /// Fit every group's grid before the solve.
+    #[arg(long)]
+    static_groups: bool,
+    /// Damping, as a fraction of the mean Hessian diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Calibration sequences.
+    #[arg(long, default_value_t = 128)]
+    nsamples: usize,
+    /// Tokens per calibration sequence.
+    #[arg(long, default_value_t = 512)]
+    seqlen: usize,
+    /// Seed of the calibration windows drawn from a text file.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Quantize every linear of a layer against the full-precision layer's inputs, instead of
+    /// q/k/v, then o, then gate/up, then down.
+    #[arg(long)]
+    no_true_sequential: bool,
+    /// Reproduce the reference implementation exactly (no range search, its grid-fitting quirks).
+    #[arg(long)]
+    parity: bool,
+    /// Checkpoint format (default: gptq for --sym, gptq_v2 for --asym).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Where to solve.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Calibration sequences per forward batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Largest safetensors shard, in MiB.
+    #[arg(long, default_value_t = 4096)]
+    max_shard_mib: u64,
+    /// Replace the output directory if it exists.
+    #[arg(long)]
+    overwrite: bool,
+    /// Write a JSON report (per-module loss, damping, time; totals; peak memory) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+impl Args {
+    fn options(&self, threads: usize) -> CliResult<PipelineOptions> {
+        let group_size =
+            GroupSize::from_reference_int(self.group_size).map_err(|e| e.to_string())?;
+        let config = QuantConfig::builder()
+            .bits(self.bits)
+            .group_size(group_size)
+            .symmetric(!self.asym)
+            .act_order(self.act_order)
+            .static_groups(self.static_groups)
+            .damp_percent(self.damp)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let solve = if self.parity {
+            SolveOptions::parity()
+        } else {
+            SolveOptions::default()
+        };
+        Ok(PipelineOptions {
+            config,
+            solve,
+            true_sequential: !self.no_true_sequential,
+            format: self.format.map(|f| match f {
+                Format::Gptq => CheckpointFormat::Gptq,
+                Format::GptqV2 => CheckpointFormat::GptqV2,
+            }),
+            batch_sequences: self.batch.max(1),
+            threads,
+        })
+    }
+}
+
+pub fn run(args: Args) -> CliResult {
+    let (pool, threads) = thread_pool(args.threads)?;
+    let options = args.options(threads)?;
+    match args.device {
+        Device::Cpu => {
+            pool.install(|| quantize(&args, &options, &CpuBackend::with_threads(threads)))
+        }
+        Device::Cuda => cuda(&args, &options, &pool),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(args: &Args, options: &PipelineOptions, pool: &rayon::ThreadPool) -> CliResult {
+    let backend = gptq_cuda::CudaBackend::new(0).map_err(|e| e.to_string())?;
+    pool.install(|| quantize(args, options, &backend))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda(_: &Args, _: &PipelineOptions, _: &rayon::ThreadPool) -> CliResult {
+    Err("this gptq was built without CUDA support: rebuild with `cargo build --release -p gptq-cli --features cuda`".into())
+}
+
+fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> CliResult {
+    let start = Instant::now();
+    let mut bars = Bars::new();
+    let checkpoint = Checkpoint::open(&args.model).map_err(|e| e.to_string())?;
+    gptq_pipeline::check_model(&checkpoint, options).map_err(|e| e.to_string())?;
+
+    let bar = bars.start("loading calibration data", 1);
+    let t = Instant::now();
+    let source = CalibrationSource::detect(&args.calib, args.seed);
+    let samples = source
+        .load(&checkpoint, args.nsamples, args.seqlen)
+        .map_err(|e| e.to_string())?;
+    let calibration_load = t.elapsed().as_secs_f64();
+    bar.inc(1);
+    bars.finish();
+    if samples.len() < args.nsamples {
+        gptq_pipeline::Progress::event(
+            &mut bars,
+            gptq_pipeline::Event::Warning(format!(
+                "{} holds {} calibration samples, fewer than --nsamples {}",
+                args.calib.display(),
+                samples.len(),
+                args.nsamples
+            )),
+        );
+    }
+
+    let mut model = quantize_model(&checkpoint, &samples, backend, options, &mut bars)
+        .map_err(|e| e.to_string())?;
+    model.times.calibration_load = calibration_load;
+
+    let bar = bars.start("writing checkpoint", 1);
+    let t = Instant::now();
+    let write = WriteOptions {
+        max_shard_bytes: args.max_shard_mib.max(1) << 20,
+        overwrite: args.overwrite,
+    };
+    let files = write_checkpoint(&checkpoint, &model, options, &args.out, &write)
+        .map_err(|e| e.to_string())?;
+    model.times.write = t.elapsed().as_secs_f64();
+    bar.inc(1);
+    bars.finish();
+
+    let seconds = start.elapsed().as_secs_f64();
+    let loss: f64 = model.modules.iter().filter_map(|m| m.loss).sum();
+    let report = RunReport {
+        tool: gptq_pipeline::TOOL.to_string(),
+        model: args.model.display().to_string(),
+        output: args.out.display().to_string(),
+        quantization: quantization_config(options),
+        samples: samples.len(),
+        tokens: model.tokens,
+        backend: backend.name().to_string(),
+        totals: Totals {
+            modules: model.modules.len(),
+            loss,
+            seconds,
+            stages: model.times,
+            peak_memory_bytes: peak_memory_bytes(),
+        },
+        modules: model.modules,
+        warnings: bars.warnings.clone(),
+    };
+    let t = &report.totals.stages;
+    println!(
+        "quantized {} linears of {} ({} samples, {} tokens) into {} ({} files) in {seconds:.1} s",
+        report.totals.modules,
+        args.model.display(),
+        report.samples,
+        report.tokens,
+        args.out.display(),
+        files.len()
+    );
+    println!(
+        "time: calibration load {:.1} s, forward passes {:.1} s, Hessians {:.1} s, solving {:.1} s, packing {:.1} s, writing {:.1} s",
+        t.calibration_load, t.calibration_forward, t.hessian, t.solve, t.pack, t.write
+    );
+    if let Some(peak) = report.totals.peak_memory_bytes {
+        println!(
+            "peak memory {:.0} MiB; total loss {loss:.4}",
+            peak as f64 / (1 << 20) as f64
+        );
+    }
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&report).expect("the report serializes");
+        std::fs::write(path, text + "\n")
+            .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
+    }
+    Ok(())
+}

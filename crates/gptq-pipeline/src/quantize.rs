@@ -1,0 +1,387 @@
+//! Sequential, layer-by-layer quantization of a decoder model.
+//!
+//! The inputs of decoder layer 0 are captured once (the embedding of the calibration tokens).
+//! Then, for each layer in turn, the layer's stages run on the current inputs (see
+//! `gptq_model::forward`): the input of q/k/v is computed, their shared Hessian accumulated
+//! and the three quantized; the attention output is then computed *with the quantized q/k/v*,
+//! and so on for o, gate/up and down ("true-sequential"). The layer's output, computed with its
+//! quantized weights, becomes the next layer's input. Each linear is computed once, and only
+//! one layer's activations are held at a time.
+
+use std::time::Instant;
+
+use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator};
+use gptq_model::{
+    Checkpoint, DecoderLayer, LinearId, attention_core, embed, forward_layer, mlp_inner,
+    rms_norm_par,
+};
+use gptq_quant::{CheckpointFormat, PackedTensor, check_packable, pack};
+use gptq_solver::Gptq;
+use ndarray::Array2;
+
+use crate::error::{PipelineError, Result};
+use crate::options::PipelineOptions;
+use crate::progress::{Event, Progress};
+use crate::report::{ModuleReport, StageTimes};
+
+/// One packed linear of the quantized model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedLinear {
+    /// Decoder layer.
+    pub layer: usize,
+    /// Which linear.
+    pub id: LinearId,
+    /// The checkpoint tensors.
+    pub packed: PackedTensor,
+}
+
+impl QuantizedLinear {
+    /// The tensor-name prefix, e.g. `model.layers.3.mlp.up_proj`.
+    pub fn prefix(&self) -> String {
+        self.id.tensor_prefix(self.layer)
+    }
+}
+
+/// The result of [`quantize_model`].
+#[derive(Debug, Clone)]
+pub struct QuantizedModel {
+    /// Every quantized linear, in layer and forward order.
+    pub linears: Vec<QuantizedLinear>,
+    /// Per-module reports, in the same order.
+    pub modules: Vec<ModuleReport>,
+    /// Where the time went (writing not included).
+    pub times: StageTimes,
+    /// The format the tensors are packed in.
+    pub format: CheckpointFormat,
+    /// Warnings raised.
+    pub warnings: Vec<String>,
+    /// Calibration tokens.
+    pub tokens: usize,
+}
+
+/// A batch of calibration sequences laid end to end: `[tokens, hidden]`.
+#[derive(Debug, Clone)]
+struct Batch {
+    hidden: Array2<f32>,
+    lens: Vec<usize>,
+}
+
+/// Checks, before any work, that every linear can be quantized and packed as asked.
+pub fn check_model(checkpoint: &Checkpoint, options: &PipelineOptions) -> Result<Vec<String>> {
+    let config = checkpoint.config();
+    if config.quantization.is_some() {
+        return Err(PipelineError::Invalid(format!(
+            "{} is already a GPTQ checkpoint: quantize the original full-precision model",
+            checkpoint.dir().display()
+        )));
+    }
+    let shape = config.layer_shape();
+    let bits = options.config.bits();
+    let mut warnings = Vec::new();
+    for id in LinearId::ALL {
+        let (rows, columns) = id.dims(&shape);
+        options
+            .config
+            .check_columns(columns)
+            .map_err(PipelineError::quantization(format!("{id}")))?;
+        check_packable(bits, rows, columns).map_err(PipelineError::quantization(format!(
+            "{id} ({rows}×{columns})"
+        )))?;
+        if let GroupSize::Columns(g) = options.config.group_size()
+            && columns % g != 0
+        {
+            warnings.push(format!(
+                "group size {g} does not divide the {columns} input columns of {id}: such \
+                 checkpoints do not load in vLLM or GPTQModel's CPU kernels"
+            ));
+        }
+    }
+    if options.raises_zero_points() {
+        warnings.push(
+            "checkpoint_format gptq (v1) stores zero - 1, so asymmetric zero points are kept at \
+             1 or more (the grid widens its step where needed); write gptq_v2 to avoid it"
+                .into(),
+        );
+    }
+    warnings.dedup();
+    Ok(warnings)
+}
+
+/// Quantizes every linear of every decoder layer of `checkpoint` on `backend`, calibrated on
+/// `samples` (token ids).
+pub fn quantize_model<B: Backend>(
+    checkpoint: &Checkpoint,
+    samples: &[Vec<u32>],
+    backend: &B,
+    options: &PipelineOptions,
+    progress: &mut dyn Progress,
+) -> Result<QuantizedModel> {
+    let warnings = check_model(checkpoint, options)?;
+    for w in &warnings {
+        progress.event(Event::Warning(w.clone()));
+    }
+    if samples.is_empty() {
+        return Err(PipelineError::Invalid("no calibration samples".into()));
+    }
+    let config = checkpoint.config();
+    let par = options.par();
+    let mut times = StageTimes::default();
+
+    progress.event(Event::Stage {
+        name: "capturing layer-0 inputs".into(),
+        total: 1,
+    });
+    let t = Instant::now();
+    let mut batches = {
+        let table = checkpoint.load_embedding()?;
+        samples
+            .chunks(options.batch_sequences.max(1))
+            .map(|group| {
+                let tokens: Vec<u32> = group.concat();
+                Ok(Batch {
+                    hidden: embed(table.view(), &tokens)?,
+                    lens: group.iter().map(Vec::len).collect(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    times.calibration_forward += t.elapsed().as_secs_f64();
+    progress.event(Event::Advance(1));
+    progress.event(Event::StageDone);
+
+    let mut run = Run {
+        gptq: Gptq::new(backend, options.config.clone()).with_options(options.solve),
+        grid: options.grid(),
+        format: options.checkpoint_format(),
+        times,
+        linears: Vec::new(),
+        modules: Vec::new(),
+    };
+    let layers = config.num_hidden_layers;
+    progress.event(Event::Stage {
+        name: "quantizing layers".into(),
+        total: layers as u64,
+    });
+    for index in 0..layers {
+        progress.event(Event::Message(format!("layer {}/{layers}", index + 1)));
+        let t = Instant::now();
+        let mut layer = checkpoint.load_layer(index)?;
+        let mut forward = t.elapsed().as_secs_f64();
+        if options.true_sequential {
+            run_stages(
+                &mut layer,
+                &mut batches,
+                par,
+                &mut forward,
+                &mut |ids, inputs, lens, layer| {
+                    let hessian = run.hessian(inputs, lens)?;
+                    run.quantize(layer, ids, &hessian, progress)
+                },
+            )?;
+        } else {
+            let original = batches.clone();
+            let mut hessians = Vec::new();
+            run_stages(
+                &mut layer,
+                &mut batches,
+                par,
+                &mut forward,
+                &mut |ids, inputs, lens, _| {
+                    hessians.push((ids, run.hessian(inputs, lens)?));
+                    Ok(())
+                },
+            )?;
+            for (ids, hessian) in &hessians {
+                run.quantize(&mut layer, ids, hessian, progress)?;
+            }
+            let t = Instant::now();
+            batches = original
+                .into_iter()
+                .map(|b| {
+                    Ok(Batch {
+                        hidden: forward_layer(&layer, b.hidden.view(), &b.lens, par)?,
+                        lens: b.lens,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            forward += t.elapsed().as_secs_f64();
+        }
+        run.times.calibration_forward += forward;
+        progress.event(Event::Advance(1));
+    }
+    progress.event(Event::StageDone);
+    Ok(QuantizedModel {
+        linears: run.linears,
+        modules: run.modules,
+        times: run.times,
+        format: run.format,
+        warnings,
+        tokens: samples.iter().map(Vec::len).sum(),
+    })
+}
+
+/// The state of a run: the solver and what it has produced so far.
+struct Run<'b, B: Backend> {
+    gptq: Gptq<&'b B>,
+    grid: gptq_quant::MinMaxGrid,
+    format: CheckpointFormat,
+    times: StageTimes,
+    linears: Vec<QuantizedLinear>,
+    modules: Vec<ModuleReport>,
+}
+
+impl<B: Backend> Run<'_, B> {
+    /// The Hessian of one input shared by a group of linears.
+    fn hessian(&mut self, inputs: &[Array2<f32>], lens: &[&[usize]]) -> Result<B::Hessian> {
+        let t = Instant::now();
+        let columns = inputs[0].ncols();
+        let context = || format!("Hessian of a {columns}-column input");
+        let mut acc = self
+            .gptq
+            .accumulator(columns)
+            .map_err(PipelineError::quantization(context()))?;
+        for (x, lens) in inputs.iter().zip(lens) {
+            acc.add_batch(&ActivationBatch::new(x.view()).sequences(lens.len()))
+                .map_err(PipelineError::quantization(context()))?;
+        }
+        let hessian = acc
+            .finish()
+            .map_err(PipelineError::quantization(context()))?;
+        self.times.hessian += t.elapsed().as_secs_f64();
+        Ok(hessian)
+    }
+
+    /// Quantizes the linears `ids` of `layer` against `hessian`, replacing their weights by the
+    /// dequantized result so that later stages see them.
+    fn quantize(
+        &mut self,
+        layer: &mut DecoderLayer,
+        ids: &[LinearId],
+        hessian: &B::Hessian,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        for &id in ids {
+            let name = id.tensor_prefix(layer.index);
+            progress.event(Event::Message(format!("layer {} {id}", layer.index)));
+            let t = Instant::now();
+            let linear = layer.linear(id);
+            let quantized = self
+                .gptq
+                .quantize_with_grid(linear.weight.view(), hessian, &self.grid)
+                .map_err(PipelineError::quantization(name.clone()))?;
+            self.times.solve += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let packed = pack(&quantized.tensor, self.format)
+                .map_err(PipelineError::quantization(name.clone()))?;
+            self.times.pack += t.elapsed().as_secs_f64();
+            let (rows, columns) = linear.weight.dim();
+            layer
+                .linear_mut(id)
+                .set_weight(quantized.tensor.dequantize())?;
+            let report = &quantized.report;
+            self.modules.push(ModuleReport {
+                layer: layer.index,
+                module: id.hf_name().to_string(),
+                rows,
+                columns,
+                loss: report.loss,
+                damp_percent: report.damping.damp_percent,
+                dead_columns: report.dead_columns,
+                seconds: report.timings.total.as_secs_f64(),
+            });
+            self.linears.push(QuantizedLinear {
+                layer: layer.index,
+                id,
+                packed,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A stage callback: the linears that share an input, that input per batch, the batches'
+/// sequence lengths, and the layer (whose weights the callback may replace).
+type OnGroup<'a> = dyn FnMut(&'static [LinearId], &[Array2<f32>], &[&[usize]], &mut DecoderLayer) -> Result<()>
+    + 'a;
+
+/// Runs one decoder layer stage by stage over all batches, calling `on_group` with the input
+/// of each group of linears before that group is used; `batches` end up holding the layer's
+/// output. Time spent outside `on_group` is added to `forward`.
+fn run_stages(
+    layer: &mut DecoderLayer,
+    batches: &mut [Batch],
+    par: faer::Par,
+    forward: &mut f64,
+    on_group: &mut OnGroup<'_>,
+) -> Result<()> {
+    let s = layer.shape;
+    let lens: Vec<Vec<usize>> = batches.iter().map(|b| b.lens.clone()).collect();
+    let lens: Vec<&[usize]> = lens.iter().map(Vec::as_slice).collect();
+    let timed = |forward: &mut f64, f: &mut dyn FnMut() -> Result<Vec<Array2<f32>>>| {
+        let t = Instant::now();
+        let out = f();
+        *forward += t.elapsed().as_secs_f64();
+        out
+    };
+
+    let normed = timed(forward, &mut || {
+        batches
+            .iter()
+            .map(|b| {
+                Ok(rms_norm_par(
+                    b.hidden.view(),
+                    layer.input_layernorm.view(),
+                    s.rms_norm_eps,
+                    par,
+                )?)
+            })
+            .collect()
+    })?;
+    on_group(LinearId::Q.input_group(), &normed, &lens, layer)?;
+
+    let attention = timed(forward, &mut || {
+        normed
+            .iter()
+            .zip(&lens)
+            .map(|(x, l)| Ok(attention_core(layer, x.view(), l, par)?))
+            .collect()
+    })?;
+    drop(normed);
+    on_group(LinearId::O.input_group(), &attention, &lens, layer)?;
+
+    let normed = timed(forward, &mut || {
+        for (b, a) in batches.iter_mut().zip(&attention) {
+            layer.o_proj.forward_add(a.view(), &mut b.hidden, par)?;
+        }
+        batches
+            .iter()
+            .map(|b| {
+                Ok(rms_norm_par(
+                    b.hidden.view(),
+                    layer.post_attention_layernorm.view(),
+                    s.rms_norm_eps,
+                    par,
+                )?)
+            })
+            .collect()
+    })?;
+    drop(attention);
+    on_group(LinearId::Gate.input_group(), &normed, &lens, layer)?;
+
+    let inner = timed(forward, &mut || {
+        normed
+            .iter()
+            .map(|x| Ok(mlp_inner(layer, x.view(), par)?))
+            .collect()
+    })?;
+    drop(normed);
+    on_group(LinearId::Down.input_group(), &inner, &lens, layer)?;
+
+    timed(forward, &mut || {
+        for (b, m) in batches.iter_mut().zip(&inner) {
+            layer.down_proj.forward_add(m.view(), &mut b.hidden, par)?;
+        }
+        Ok(Vec::new())
+    })?;
+    Ok(())
+}

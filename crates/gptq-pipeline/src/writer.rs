@@ -1,0 +1,343 @@
+//! Writing the quantized model as a GPTQ checkpoint directory.
+//!
+//! Everything is written to a hidden sibling directory first and renamed into place at the end,
+//! so an interrupted or failed run never leaves a half-written checkpoint behind.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use gptq_model::Checkpoint;
+use gptq_quant::PackedTensor;
+use safetensors::Dtype;
+use safetensors::tensor::View;
+use serde_json::{Value, json};
+
+use crate::error::{PipelineError, Result};
+use crate::options::PipelineOptions;
+use crate::quantize::QuantizedModel;
+
+/// The tool written into `quantization_config.meta.quantizer`.
+pub const TOOL: &str = concat!("gptq-rs:", env!("CARGO_PKG_VERSION"));
+
+/// How to write.
+#[derive(Debug, Clone)]
+pub struct WriteOptions {
+    /// Largest safetensors file; more data is split into `model-0000k-of-0000n.safetensors`
+    /// shards with an index.
+    pub max_shard_bytes: u64,
+    /// Replace an existing output directory.
+    pub overwrite: bool,
+}
+
+impl Default for WriteOptions {
+    fn default() -> Self {
+        WriteOptions {
+            max_shard_bytes: 4 << 30,
+            overwrite: false,
+        }
+    }
+}
+
+/// A tensor to write: borrowed from the source's memory map, or made here.
+enum Tensor<'a> {
+    Borrowed {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: &'a [u8],
+    },
+    Owned {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    },
+}
+
+impl View for &Tensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            Tensor::Borrowed { dtype, .. } | Tensor::Owned { dtype, .. } => *dtype,
+        }
+    }
+    fn shape(&self) -> &[usize] {
+        match self {
+            Tensor::Borrowed { shape, .. } | Tensor::Owned { shape, .. } => shape,
+        }
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            Tensor::Borrowed { data, .. } => Cow::Borrowed(data),
+            Tensor::Owned { data, .. } => Cow::Borrowed(data),
+        }
+    }
+    fn data_len(&self) -> usize {
+        match self {
+            Tensor::Borrowed { data, .. } => data.len(),
+            Tensor::Owned { data, .. } => data.len(),
+        }
+    }
+}
+
+fn int_tensor(values: impl Iterator<Item = i32>, shape: Vec<usize>) -> Tensor<'static> {
+    Tensor::Owned {
+        dtype: Dtype::I32,
+        shape,
+        data: values.flat_map(i32::to_le_bytes).collect(),
+    }
+}
+
+fn packed_tensors(prefix: &str, packed: &PackedTensor) -> Vec<(String, Tensor<'static>)> {
+    let dims = |a: (usize, usize)| vec![a.0, a.1];
+    vec![
+        (
+            format!("{prefix}.qweight"),
+            int_tensor(packed.qweight.iter().copied(), dims(packed.qweight.dim())),
+        ),
+        (
+            format!("{prefix}.qzeros"),
+            int_tensor(packed.qzeros.iter().copied(), dims(packed.qzeros.dim())),
+        ),
+        (
+            format!("{prefix}.scales"),
+            Tensor::Owned {
+                dtype: Dtype::F16,
+                shape: dims(packed.scales.dim()),
+                data: packed.scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+            },
+        ),
+        (
+            format!("{prefix}.g_idx"),
+            int_tensor(packed.g_idx.iter().copied(), vec![packed.g_idx.len()]),
+        ),
+    ]
+}
+
+/// The `quantization_config` of a run (also the report's `quantization`).
+pub fn quantization_config(options: &PipelineOptions) -> Value {
+    let c = &options.config;
+    json!({
+        "quant_method": "gptq",
+        "bits": c.bits(),
+        "group_size": c.group_size().as_reference_int(),
+        "desc_act": c.act_order(),
+        "sym": c.symmetric(),
+        "static_groups": c.static_groups(),
+        "damp_percent": c.damp_percent(),
+        "true_sequential": options.true_sequential,
+        "checkpoint_format": options.checkpoint_format().as_str(),
+        "pack_dtype": "int32",
+        "lm_head": false,
+        "meta": {
+            "quantizer": [TOOL],
+            "parity": options.solve.parity,
+            "range_search": options.solve.effective_search().is_some(),
+        },
+    })
+}
+
+/// Writes the checkpoint of `model` (quantized from `source`) to `out`; returns the files
+/// written.
+pub fn write_checkpoint(
+    source: &Checkpoint,
+    model: &QuantizedModel,
+    options: &PipelineOptions,
+    out: &Path,
+    write: &WriteOptions,
+) -> Result<Vec<PathBuf>> {
+    if out.exists() && !write.overwrite {
+        return Err(PipelineError::Invalid(format!(
+            "{} already exists: choose another --out, or pass --overwrite to replace it",
+            out.display()
+        )));
+    }
+    let (source_dir, out_abs) = (absolute(source.dir()), absolute(out));
+    if out_abs.starts_with(&source_dir) || source_dir.starts_with(&out_abs) {
+        return Err(PipelineError::Invalid(format!(
+            "the output {} would overwrite the source model {}: choose another --out",
+            out.display(),
+            source.dir().display()
+        )));
+    }
+    let name = out.file_name().ok_or_else(|| {
+        PipelineError::Invalid(format!("{} is not a directory name", out.display()))
+    })?;
+    let parent = out_abs
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&parent).map_err(PipelineError::write(&parent))?;
+    let staging = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(PipelineError::write(&staging))?;
+    }
+    std::fs::create_dir(&staging).map_err(PipelineError::write(&staging))?;
+    let written = write_into(source, model, options, &staging, write).and_then(|files| {
+        replace_dir(&staging, &out_abs, write.overwrite)?;
+        Ok(files.into_iter().map(|f| out_abs.join(f)).collect())
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    written
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Moves `staging` to `out`, replacing an existing `out` only after the new one is complete.
+fn replace_dir(staging: &Path, out: &Path, overwrite: bool) -> Result<()> {
+    if overwrite && out.exists() {
+        let old = out.with_file_name(format!(
+            ".{}.old-{}",
+            out.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        std::fs::rename(out, &old).map_err(PipelineError::write(out))?;
+        std::fs::rename(staging, out).map_err(PipelineError::write(out))?;
+        std::fs::remove_dir_all(&old).map_err(PipelineError::write(&old))?;
+    } else {
+        std::fs::rename(staging, out).map_err(PipelineError::write(out))?;
+    }
+    Ok(())
+}
+
+/// Writes every file into `dir`; returns their names.
+fn write_into(
+    source: &Checkpoint,
+    model: &QuantizedModel,
+    options: &PipelineOptions,
+    dir: &Path,
+    write: &WriteOptions,
+) -> Result<Vec<String>> {
+    let weights = source.weights();
+    let replaced: HashSet<String> = model
+        .linears
+        .iter()
+        .map(|l| format!("{}.weight", l.prefix()))
+        .collect();
+    let mut tensors: BTreeMap<String, Tensor<'_>> = BTreeMap::new();
+    for name in weights.names() {
+        if replaced.contains(name) {
+            continue;
+        }
+        let raw = weights.raw(name)?;
+        tensors.insert(
+            name.to_string(),
+            Tensor::Borrowed {
+                dtype: raw.dtype,
+                shape: raw.shape.to_vec(),
+                data: raw.data,
+            },
+        );
+    }
+    for linear in &model.linears {
+        tensors.extend(packed_tensors(&linear.prefix(), &linear.packed));
+    }
+
+    let mut files = write_shards(&tensors, dir, write.max_shard_bytes)?;
+    let mut config = source.config().raw.clone();
+    let quantization = quantization_config(options);
+    config["quantization_config"] = quantization.clone();
+    write_json(&dir.join("config.json"), &config)?;
+    let mut quantize_config = quantization;
+    quantize_config["model_file_base_name"] = json!("model");
+    write_json(&dir.join("quantize_config.json"), &quantize_config)?;
+    files.extend([
+        "config.json".to_string(),
+        "quantize_config.json".to_string(),
+    ]);
+    files.extend(copy_other_files(source.dir(), dir)?);
+    Ok(files)
+}
+
+/// Splits the tensors (in name order) into shards of at most `max_bytes` and writes them.
+fn write_shards(
+    tensors: &BTreeMap<String, Tensor<'_>>,
+    dir: &Path,
+    max_bytes: u64,
+) -> Result<Vec<String>> {
+    let mut shards: Vec<Vec<(&String, &Tensor<'_>)>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for (name, tensor) in tensors {
+        let bytes = tensor.data_len() as u64;
+        if size > 0 && size + bytes > max_bytes {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        shards
+            .last_mut()
+            .expect("one shard at least")
+            .push((name, tensor));
+        size += bytes;
+    }
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let count = shards.len();
+    let file_name = |k: usize| {
+        if count == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{count:05}.safetensors", k + 1)
+        }
+    };
+    let mut weight_map = BTreeMap::new();
+    let mut files = Vec::new();
+    for (k, shard) in shards.iter().enumerate() {
+        let name = file_name(k);
+        let path = dir.join(&name);
+        safetensors::serialize_to_file(
+            shard.iter().map(|(n, t)| (n.as_str(), *t)),
+            metadata.clone(),
+            &path,
+        )
+        .map_err(|e| PipelineError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        for (tensor, _) in shard {
+            weight_map.insert(tensor.to_string(), name.clone());
+        }
+        files.push(name);
+    }
+    if count > 1 {
+        let total: u64 = tensors.values().map(|t| t.data_len() as u64).sum();
+        let index = json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        write_json(&dir.join("model.safetensors.index.json"), &index)?;
+        files.push("model.safetensors.index.json".into());
+    }
+    Ok(files)
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
+    std::fs::write(path, text + "\n").map_err(PipelineError::write(path))
+}
+
+/// Copies the files that are not weights or configs (tokenizer, generation config, license).
+fn copy_other_files(source: &Path, dir: &Path) -> Result<Vec<String>> {
+    let skip = |name: &str| {
+        name.ends_with(".safetensors")
+            || matches!(
+                name,
+                "model.safetensors.index.json" | "config.json" | "quantize_config.json"
+            )
+    };
+    let mut copied = Vec::new();
+    let entries = std::fs::read_dir(source).map_err(PipelineError::write(source))?;
+    for entry in entries {
+        let entry = entry.map_err(PipelineError::write(source))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if skip(&name) || !entry.path().is_file() {
+            continue;
+        }
+        std::fs::copy(entry.path(), dir.join(&name))
+            .map_err(PipelineError::write(dir.join(&name)))?;
+        copied.push(name);
+    }
+    copied.sort();
+    Ok(copied)
+}
