@@ -33,6 +33,8 @@ mod linear;
 mod model;
 mod ops;
 mod pool;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tokenizer;
 pub mod weights;
 

@@ -1,7 +1,7 @@
 //! Tests on tiny random checkpoints written in the test: loading, errors, and the forward pass
 //! against a naive f64 reference.
 
-mod common;
+use gptq_model::testing as common;
 
 use common::{TempDir, Tiny, max_diff, write_config, write_raw, write_safetensors};
 use gptq_model::calib::SplitMix64;

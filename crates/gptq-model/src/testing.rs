@@ -1,20 +1,23 @@
-//! Tiny random Llama-family checkpoints written to temporary directories.
-
-#![allow(dead_code)]
+//! Test support (feature `testing`): tiny random Llama-family checkpoints written to temporary
+//! directories, for this crate's tests and for crates that build on it.
+//!
+//! These helpers panic on I/O errors: they are for tests only.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use gptq_model::calib::SplitMix64;
+use crate::calib::SplitMix64;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
 
 /// A directory under the system temp dir, removed on drop.
+#[derive(Debug)]
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
+    /// A fresh directory whose name contains `tag`.
     pub fn new(tag: &str) -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
         let p = std::env::temp_dir().join(format!(
@@ -22,10 +25,11 @@ impl TempDir {
             std::process::id(),
             N.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&p).unwrap();
+        std::fs::create_dir_all(&p).expect("test fixture I/O");
         Self(p)
     }
 
+    /// The directory.
     pub fn path(&self) -> &Path {
         &self.0
     }
@@ -40,13 +44,21 @@ impl Drop for TempDir {
 /// Dimensions of a tiny model.
 #[derive(Clone, Copy, Debug)]
 pub struct Tiny {
+    /// `model_type` (llama, mistral, qwen2).
     pub model_type: &'static str,
+    /// Hidden size.
     pub hidden: usize,
+    /// MLP size.
     pub inter: usize,
+    /// Decoder layers.
     pub layers: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// Key/value heads.
     pub kv_heads: usize,
+    /// Vocabulary size.
     pub vocab: usize,
+    /// Tied embeddings.
     pub tied: bool,
 }
 
@@ -66,10 +78,12 @@ impl Default for Tiny {
 }
 
 impl Tiny {
+    /// Width of one head.
     pub fn head_dim(&self) -> usize {
         self.hidden / self.heads
     }
 
+    /// The `config.json` value.
     pub fn config(&self) -> Value {
         json!({
             "architectures": ["LlamaForCausalLM"],
@@ -205,12 +219,13 @@ pub fn random(rng: &mut SplitMix64, n: usize, scale: f32, offset: f32) -> Vec<f3
         .collect()
 }
 
+/// Writes `config.json` into `dir`.
 pub fn write_config(dir: &Path, config: &Value) {
     std::fs::write(
         dir.join("config.json"),
-        serde_json::to_string_pretty(config).unwrap(),
+        serde_json::to_string_pretty(config).expect("test fixture I/O"),
     )
-    .unwrap();
+    .expect("test fixture I/O");
 }
 
 /// Encodes f32 values as `dtype` (F32, F16 or BF16) little-endian bytes.
@@ -229,6 +244,7 @@ pub fn encode(values: &[f32], dtype: Dtype) -> Vec<u8> {
     }
 }
 
+/// Writes `tensors` into a safetensors file, encoded as `dtype`.
 pub fn write_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
@@ -241,12 +257,18 @@ pub fn write_safetensors(
     write_raw(path, &bytes, dtype);
 }
 
+/// Writes already-encoded tensors into a safetensors file.
 pub fn write_raw(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype) {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
-        .map(|(k, s, b)| (k.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+        .map(|(k, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(dtype, s.clone(), b).expect("test fixture I/O"),
+            )
+        })
         .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
+    safetensors::serialize_to_file(views, None, path).expect("test fixture I/O");
 }
 
 /// Largest absolute difference.

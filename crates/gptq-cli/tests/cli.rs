@@ -1,0 +1,232 @@
+//! The `gptq` command, end to end. The SmolLM2 pipeline test (all 30 layers, a few short
+//! windows, then reload and evaluate) needs ../shared and skips with a message without it;
+//! the error tests run everywhere.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn gptq(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gptq"))
+        .args(args)
+        .output()
+        .expect("the gptq binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("gptq-cli-{name}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn shared() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared");
+    if p.join("README.md").is_file() {
+        Some(p)
+    } else {
+        println!("skipped: ../shared not found (the SmolLM2 model and WikiText-2 live there)");
+        None
+    }
+}
+
+/// The SmolLM2 Hugging Face checkpoint, made once by shared/tools/smollm2-hf.
+fn smollm2(shared: &Path) -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(d) = std::env::var_os("GPTQ_SMOLLM2_HF") {
+            return PathBuf::from(d);
+        }
+        let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-hf");
+        let out = Command::new(shared.join("tools/smollm2-hf"))
+            .arg(&dest)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "smollm2-hf failed: {}", stderr(&out));
+        dest
+    })
+}
+
+fn perplexity(out: &Output) -> f64 {
+    assert!(out.status.success(), "gptq eval failed: {}", stderr(out));
+    let text = stdout(out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("perplexity"))
+        .expect("a perplexity line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn quantize_reload_and_evaluate_smollm2() {
+    let Some(shared) = shared() else { return };
+    let model = smollm2(&shared);
+    let dir = scratch("pipeline");
+    let out = dir.join("q4g64");
+    let report = dir.join("report.json");
+    let calib = shared.join("data/calib/smollm2-wikivalid-128x512.json");
+    let text = shared.join("data/wikitext2/wikitext2-test-joined.txt");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let run = gptq(&[
+        "quantize",
+        "--model",
+        &s(model),
+        "--calib",
+        &s(&calib),
+        "--out",
+        &s(&out),
+        "--bits",
+        "4",
+        "--group-size",
+        "64",
+        "--sym",
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "128",
+        "--report",
+        &s(&report),
+    ]);
+    assert!(run.status.success(), "quantize failed: {}", stderr(&run));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let modules = json["modules"].as_array().unwrap();
+    assert_eq!(modules.len(), 30 * 7);
+    assert!(
+        modules
+            .iter()
+            .all(|m| m["loss"].as_f64().is_some_and(f64::is_finite))
+    );
+    assert!(json["totals"]["peak_memory_bytes"].as_u64().unwrap() < 2 << 30);
+
+    let inspect = gptq(&["inspect", &s(&out), "--verify"]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    assert!(
+        stdout(&inspect).contains("210 of 210 linears packed"),
+        "{}",
+        stdout(&inspect)
+    );
+
+    let args = |m: &Path| {
+        vec![
+            "eval".to_string(),
+            "--model".into(),
+            s(m),
+            "--text".into(),
+            s(&text),
+            "--windows".into(),
+            "2".into(),
+            "--seqlen".into(),
+            "128".into(),
+        ]
+    };
+    let fp = perplexity(
+        &Command::new(env!("CARGO_BIN_EXE_gptq"))
+            .args(args(model))
+            .output()
+            .unwrap(),
+    );
+    let q = perplexity(
+        &Command::new(env!("CARGO_BIN_EXE_gptq"))
+            .args(args(&out))
+            .output()
+            .unwrap(),
+    );
+    println!("full precision {fp:.3}, 4-bit g64 {q:.3}");
+    assert!(
+        fp > 1.0 && q > fp * 0.95 && q < fp * 1.5,
+        "fp {fp}, quantized {q}"
+    );
+
+    // Writing over an existing output needs --overwrite.
+    let again = gptq(&[
+        "quantize",
+        "--model",
+        &s(model),
+        "--calib",
+        &s(&calib),
+        "--out",
+        &s(&out),
+        "--nsamples",
+        "1",
+    ]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("--overwrite"), "{}", stderr(&again));
+
+    // A text shorter than one window.
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "just a few words").unwrap();
+    let e = gptq(&["eval", "--model", &s(model), "--text", &s(&short)]);
+    assert!(!e.status.success());
+    assert!(
+        stderr(&e).contains("fewer than one window"),
+        "{}",
+        stderr(&e)
+    );
+}
+
+fn one_line_error(out: &Output, needle: &str) {
+    assert!(!out.status.success(), "expected a failure");
+    let err = stderr(out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains(needle),
+        "{err}"
+    );
+}
+
+#[test]
+fn user_errors_end_with_one_line_that_names_the_fix() {
+    let dir = scratch("errors");
+    let d = dir.to_str().unwrap();
+    one_line_error(
+        &gptq(&["eval", "--model", &format!("{d}/nothing"), "--text", "x"]),
+        "config.json not found",
+    );
+    std::fs::create_dir_all(dir.join("gpt2")).unwrap();
+    std::fs::write(dir.join("gpt2/config.json"), r#"{"model_type": "gpt2"}"#).unwrap();
+    one_line_error(
+        &gptq(&["inspect", &format!("{d}/gpt2")]),
+        "unsupported architecture `gpt2`",
+    );
+    one_line_error(
+        &gptq(&[
+            "quantize",
+            "--model",
+            &format!("{d}/gpt2"),
+            "--calib",
+            "c.txt",
+            "--out",
+            &format!("{d}/o"),
+            "--bits",
+            "9",
+        ]),
+        "bits must be between 2 and 8",
+    );
+    one_line_error(
+        &gptq(&[
+            "quantize",
+            "--model",
+            &format!("{d}/gpt2"),
+            "--calib",
+            "c.txt",
+            "--out",
+            &format!("{d}/o"),
+            "--group-size",
+            "0",
+        ]),
+        "group size 0",
+    );
+    // Flags clap rejects exit non-zero with its usage message.
+    let bad = gptq(&["quantize", "--bogus"]);
+    assert!(!bad.status.success());
+}

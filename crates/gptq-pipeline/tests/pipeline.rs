@@ -1,0 +1,419 @@
+//! The pipeline end to end on tiny random models: what it writes loads back, each linear was
+//! solved against the right Hessian, writes are atomic, bad requests fail with a clear message.
+
+use std::path::Path;
+
+use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator, QuantConfig};
+use gptq_model::testing::{TempDir, Tiny};
+use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, rms_norm_par};
+use gptq_pipeline::{
+    CalibrationSource, PipelineOptions, QuantizedModel, Silent, WriteOptions, quantize_model,
+    write_checkpoint,
+};
+use gptq_quant::{CheckpointFormat, unpack};
+use gptq_solver::{CpuBackend, Gptq};
+
+const TINY: Tiny = Tiny {
+    model_type: "llama",
+    hidden: 64,
+    inter: 96,
+    layers: 2,
+    heads: 4,
+    kv_heads: 2,
+    vocab: 64,
+    tied: true,
+};
+
+fn samples(count: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..count)
+        .map(|s| {
+            (0..len)
+                .map(|t| ((s * 31 + t * 7 + t * t) % 64) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn options(bits: u8, group: usize, symmetric: bool) -> PipelineOptions {
+    let config = QuantConfig::builder()
+        .bits(bits)
+        .group_size(GroupSize::Columns(group))
+        .symmetric(symmetric)
+        .build()
+        .unwrap();
+    let mut options = PipelineOptions::new(config);
+    options.batch_sequences = 3;
+    options.threads = 1;
+    options
+}
+
+fn run(dir: &Path, options: &PipelineOptions) -> (Checkpoint, QuantizedModel) {
+    let checkpoint = Checkpoint::open(dir).unwrap();
+    let model = quantize_model(
+        &checkpoint,
+        &samples(7, 24),
+        &CpuBackend::with_threads(1),
+        options,
+        &mut Silent,
+    )
+    .unwrap();
+    (checkpoint, model)
+}
+
+#[test]
+fn the_written_checkpoint_reloads_with_the_quantized_weights() {
+    let source = TINY.write(1);
+    let options = options(4, 32, true);
+    let (checkpoint, model) = run(source.path(), &options);
+    assert_eq!(model.linears.len(), 14);
+    assert_eq!(model.format, CheckpointFormat::Gptq);
+    let out = TempDir::new("out");
+    let target = out.path().join("quantized");
+    let files = write_checkpoint(
+        &checkpoint,
+        &model,
+        &options,
+        &target,
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    assert!(files.iter().all(|f| f.is_file()), "{files:?}");
+
+    let reloaded = Checkpoint::open(&target).unwrap();
+    let q = reloaded
+        .config()
+        .quantization
+        .clone()
+        .expect("quantization_config written");
+    assert_eq!(
+        (q.bits, q.group_size, q.sym, q.format),
+        (4, 32, true, CheckpointFormat::Gptq)
+    );
+    for linear in &model.linears {
+        let layer = reloaded.load_layer(linear.layer).unwrap();
+        let expected = unpack(&linear.packed).unwrap().dequantize();
+        assert_eq!(
+            layer.linear(linear.id).weight,
+            expected,
+            "{}",
+            linear.prefix()
+        );
+    }
+    // Tensors that are not quantized linears are copied unchanged.
+    let (a, b) = (checkpoint.weights(), reloaded.weights());
+    for name in [
+        "model.embed_tokens.weight",
+        "model.layers.1.input_layernorm.weight",
+    ] {
+        assert_eq!(a.raw(name).unwrap().data, b.raw(name).unwrap().data);
+    }
+    let nll = reloaded
+        .load_model()
+        .unwrap()
+        .nll(&samples(1, 24)[0], &[24], Par::Seq)
+        .unwrap();
+    assert!(nll[0].sum.is_finite());
+}
+
+#[test]
+fn each_group_is_solved_against_the_inputs_the_quantized_layer_produces() {
+    let source = TINY.write(2);
+    let options = options(4, 32, false);
+    let (checkpoint, model) = run(source.path(), &options);
+    // Recompute layer 0 by hand: q/k/v from the normed embeddings, o from the attention of the
+    // already quantized q/k/v.
+    let layer0 = checkpoint.load_layer(0).unwrap();
+    let table = checkpoint.load_embedding().unwrap();
+    let batches: Vec<(ndarray::Array2<f32>, Vec<usize>)> = samples(7, 24)
+        .chunks(3)
+        .map(|g| (embed(table.view(), &g.concat()).unwrap(), vec![24; g.len()]))
+        .collect();
+    let backend = CpuBackend::with_threads(1);
+    let gptq = Gptq::new(&backend, options.config.clone()).with_options(options.solve);
+    let hessian = |inputs: &[ndarray::Array2<f32>]| {
+        let mut acc = gptq.accumulator(inputs[0].ncols()).unwrap();
+        for (x, (_, lens)) in inputs.iter().zip(&batches) {
+            acc.add_batch(&ActivationBatch::new(x.view()).sequences(lens.len()))
+                .unwrap();
+        }
+        acc.finish().unwrap()
+    };
+    let eps = layer0.shape.rms_norm_eps;
+    let normed: Vec<_> = batches
+        .iter()
+        .map(|(x, _)| rms_norm_par(x.view(), layer0.input_layernorm.view(), eps, Par::Seq).unwrap())
+        .collect();
+    let h_qkv = hessian(&normed);
+    let grid = options.grid();
+    let mut quantized = layer0.clone();
+    for id in [LinearId::Q, LinearId::K, LinearId::V] {
+        let ours = gptq
+            .quantize_with_grid(layer0.linear(id).weight.view(), &h_qkv, &grid)
+            .unwrap();
+        let pipeline = model
+            .linears
+            .iter()
+            .find(|l| l.layer == 0 && l.id == id)
+            .unwrap();
+        assert_eq!(
+            unpack(&pipeline.packed).unwrap().codes(),
+            ours.tensor.codes(),
+            "{id}"
+        );
+        quantized
+            .linear_mut(id)
+            .set_weight(ours.tensor.dequantize())
+            .unwrap();
+    }
+    let attention: Vec<_> = normed
+        .iter()
+        .zip(&batches)
+        .map(|(x, (_, lens))| attention_core(&quantized, x.view(), lens, Par::Seq).unwrap())
+        .collect();
+    let ours = gptq
+        .quantize_with_grid(layer0.o_proj.weight.view(), &hessian(&attention), &grid)
+        .unwrap();
+    let pipeline = model
+        .linears
+        .iter()
+        .find(|l| l.layer == 0 && l.id == LinearId::O)
+        .unwrap();
+    assert_eq!(
+        unpack(&pipeline.packed).unwrap().codes(),
+        ours.tensor.codes()
+    );
+    assert_eq!(gptq.backend().name(), "cpu");
+}
+
+#[test]
+fn not_true_sequential_is_a_different_schedule() {
+    let source = TINY.write(3);
+    let sequential = options(4, 32, true);
+    let mut parallel = sequential.clone();
+    parallel.true_sequential = false;
+    let (_, a) = run(source.path(), &sequential);
+    let (_, b) = run(source.path(), &parallel);
+    // q/k/v of layer 0 see the same inputs either way; o of layer 0 does not.
+    assert_eq!(a.linears[0].packed, b.linears[0].packed);
+    assert_ne!(a.linears[3].packed, b.linears[3].packed);
+}
+
+#[test]
+fn v1_asymmetric_checkpoints_keep_zero_points_storable() {
+    let source = TINY.write(4);
+    let mut options = options(3, 32, false);
+    assert_eq!(options.checkpoint_format(), CheckpointFormat::GptqV2);
+    options.format = Some(CheckpointFormat::Gptq);
+    let (_, model) = run(source.path(), &options);
+    assert!(
+        model.warnings.iter().any(|w| w.contains("gptq_v2")),
+        "{:?}",
+        model.warnings
+    );
+    for linear in &model.linears {
+        let tensor = unpack(&linear.packed).unwrap();
+        assert!(
+            tensor.zeros().iter().all(|&z| z >= 1),
+            "{}",
+            linear.prefix()
+        );
+    }
+}
+
+#[test]
+fn large_checkpoints_are_sharded_with_an_index() {
+    let source = TINY.write(5);
+    let options = options(4, 32, true);
+    let (checkpoint, model) = run(source.path(), &options);
+    let out = TempDir::new("sharded");
+    let single = out.path().join("single");
+    let sharded = out.path().join("sharded");
+    write_checkpoint(
+        &checkpoint,
+        &model,
+        &options,
+        &single,
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let small = WriteOptions {
+        max_shard_bytes: 20_000,
+        overwrite: false,
+    };
+    write_checkpoint(&checkpoint, &model, &options, &sharded, &small).unwrap();
+    assert!(sharded.join("model.safetensors.index.json").is_file());
+    let shards = std::fs::read_dir(&sharded)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".safetensors")
+        })
+        .count();
+    assert!(shards > 1, "{shards} shard(s)");
+    let (a, b) = (
+        Checkpoint::open(&single).unwrap(),
+        Checkpoint::open(&sharded).unwrap(),
+    );
+    for i in 0..2 {
+        assert_eq!(a.load_layer(i).unwrap(), b.load_layer(i).unwrap());
+    }
+}
+
+#[test]
+fn writing_is_atomic_and_never_clobbers_by_accident() {
+    let source = TINY.write(6);
+    let options = options(4, 32, true);
+    let (checkpoint, model) = run(source.path(), &options);
+    let out = TempDir::new("atomic");
+    let target = out.path().join("model");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(target.join("keep.txt"), "mine").unwrap();
+    let err = write_checkpoint(
+        &checkpoint,
+        &model,
+        &options,
+        &target,
+        &WriteOptions::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--overwrite"), "{err}");
+    assert!(target.join("keep.txt").is_file());
+
+    let into_source = write_checkpoint(
+        &checkpoint,
+        &model,
+        &options,
+        &source.path().join("q"),
+        &WriteOptions::default(),
+    );
+    assert!(
+        into_source
+            .unwrap_err()
+            .to_string()
+            .contains("source model")
+    );
+
+    let replace = WriteOptions {
+        overwrite: true,
+        ..WriteOptions::default()
+    };
+    write_checkpoint(&checkpoint, &model, &options, &target, &replace).unwrap();
+    assert!(!target.join("keep.txt").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("model")],
+        "staging directories left behind"
+    );
+
+    // A parent that is a file: the error comes before anything is written.
+    let blocker = out.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    assert!(
+        write_checkpoint(
+            &checkpoint,
+            &model,
+            &options,
+            &blocker.join("model"),
+            &WriteOptions::default()
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn bad_requests_fail_with_a_message_that_names_the_fix() {
+    // 3 bits need layer dimensions that are multiples of 32; this model's MLP is 48 wide.
+    let narrow = Tiny {
+        hidden: 32,
+        inter: 48,
+        ..TINY
+    }
+    .write(7);
+    let checkpoint = Checkpoint::open(narrow.path()).unwrap();
+    let backend = CpuBackend::with_threads(1);
+    let err = quantize_model(
+        &checkpoint,
+        &samples(2, 8),
+        &backend,
+        &options(3, 16, true),
+        &mut Silent,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("multiples of 32"), "{err}");
+    let err = quantize_model(
+        &checkpoint,
+        &samples(2, 8),
+        &backend,
+        &options(4, 64, true),
+        &mut Silent,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("per-channel"), "{err}");
+    let err = quantize_model(
+        &checkpoint,
+        &[],
+        &backend,
+        &options(4, 16, true),
+        &mut Silent,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("calibration"), "{err}");
+
+    // An already quantized checkpoint.
+    let source = TINY.write(8);
+    let options = options(4, 32, true);
+    let (checkpoint, model) = run(source.path(), &options);
+    let out = TempDir::new("twice");
+    let target = out.path().join("q");
+    write_checkpoint(
+        &checkpoint,
+        &model,
+        &options,
+        &target,
+        &WriteOptions::default(),
+    )
+    .unwrap();
+    let quantized = Checkpoint::open(&target).unwrap();
+    let err =
+        quantize_model(&quantized, &samples(2, 8), &backend, &options, &mut Silent).unwrap_err();
+    assert!(
+        err.to_string().contains("already a GPTQ checkpoint"),
+        "{err}"
+    );
+}
+
+#[test]
+fn calibration_sources_are_checked() {
+    let source = TINY.write(9);
+    let checkpoint = Checkpoint::open(source.path()).unwrap();
+    let dir = TempDir::new("calib");
+    let ids = dir.path().join("ids.json");
+    std::fs::write(&ids, r#"{"windows": [[1, 2, 3, 4, 5], [6, 7, 8]]}"#).unwrap();
+    let loaded = CalibrationSource::detect(&ids, 0)
+        .load(&checkpoint, 5, 4)
+        .unwrap();
+    assert_eq!(loaded, vec![vec![1, 2, 3, 4], vec![6, 7, 8]]);
+    std::fs::write(&ids, r#"{"windows": [[1, 2, 300]]}"#).unwrap();
+    let err = CalibrationSource::detect(&ids, 0)
+        .load(&checkpoint, 5, 4)
+        .unwrap_err();
+    assert!(err.to_string().contains("out of range"), "{err}");
+    let missing = CalibrationSource::detect(dir.path().join("none.txt"), 0)
+        .load(&checkpoint, 5, 4)
+        .unwrap_err();
+    assert!(missing.to_string().contains("not found"), "{missing}");
+    // Text needs the model's tokenizer, which this tiny model lacks.
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "some text").unwrap();
+    let err = CalibrationSource::detect(&text, 0)
+        .load(&checkpoint, 5, 4)
+        .unwrap_err();
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
