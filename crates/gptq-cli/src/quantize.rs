@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::ValueEnum;
-use gptq_core::{Backend, GroupSize, QuantConfig};
+use gptq_core::{Backend, GroupSize, HessianPrecision, QuantConfig};
 use gptq_model::Checkpoint;
 use gptq_pipeline::{
     CalibrationSource, PipelineOptions, RunReport, Totals, WriteOptions, peak_memory_bytes,
@@ -20,6 +20,12 @@ use crate::{CliResult, thread_pool};
 enum Device {
     Cpu,
     Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Precision {
+    F32,
+    F64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,6 +95,9 @@ pub struct Args {
     /// Where to solve.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
+    /// Precision of the Hessian sums: f32 (the reference's, twice as fast) or f64.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    hessian: Precision,
     /// Calibration sequences per forward batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
@@ -116,10 +125,14 @@ impl Args {
             .damp_percent(self.damp)
             .build()
             .map_err(|e| e.to_string())?;
-        let solve = if self.parity {
+        let mut solve = if self.parity {
             SolveOptions::parity()
         } else {
             SolveOptions::default()
+        };
+        solve.hessian.precision = match self.hessian {
+            Precision::F32 => HessianPrecision::F32,
+            Precision::F64 => HessianPrecision::F64,
         };
         Ok(PipelineOptions {
             config,
