@@ -9,6 +9,7 @@ use gptq_core::{
 };
 use half::{bf16, f16};
 use ndarray::{Array2, ArrayView2};
+use rayon::prelude::*;
 
 /// Elements of the token buffer: tokens are multiplied in chunks of `BUFFER_ELEMENTS / columns`
 /// (1024 tokens at 4096 columns, more for narrower layers so that each product stays large
@@ -190,15 +191,19 @@ impl HessianAccumulator for CpuHessianAccumulator {
             LowerSum::F32(sum) => sum.flush(par),
         }
         let scale = 2.0 / self.sequences as f64;
-        let lower = |i: usize, j: usize| -> f64 {
-            // The sum is column-major: entry (i, j) with i >= j sits at j * n + i.
-            let (i, j) = if i >= j { (i, j) } else { (j, i) };
-            match &self.sum {
-                LowerSum::F64(s) => s.sum[j * n + i],
-                LowerSum::F32(s) => f64::from(s.sum[j * n + i]),
-            }
+        let sum: Vec<f64> = match &self.sum {
+            LowerSum::F64(s) => s.sum.clone(),
+            LowerSum::F32(s) => s.sum.iter().map(|&v| f64::from(v)).collect(),
         };
-        let matrix = Array2::from_shape_fn((n, n), |(i, j)| scale * lower(i, j));
+        // The sum is column-major: entry (i, j) with i >= j sits at j * n + i.
+        let mut matrix = Array2::zeros((n, n));
+        for j in 0..n {
+            for i in j..n {
+                let value = scale * sum[j * n + i];
+                matrix[[i, j]] = value;
+                matrix[[j, i]] = value;
+            }
+        }
         Ok(Hessian {
             matrix,
             sequences: self.sequences,
@@ -207,7 +212,7 @@ impl HessianAccumulator for CpuHessianAccumulator {
 }
 
 /// A float type the Hessian can be accumulated in.
-trait SumFloat: Copy + Default {
+trait SumFloat: Copy + Default + Send {
     fn from_f32(x: f32) -> Self;
     /// `sum += xᵀ x` on the lower triangle, `x` being `rows × n` column-major with column
     /// stride `stride`.
@@ -276,12 +281,17 @@ impl<T: SumFloat> Accumulation<T> {
         while !rest.is_empty() {
             let take = rest.len().min(self.capacity - self.filled);
             let (now, later) = rest.split_at(take);
-            let target = &mut self.chunk[self.filled..];
-            let stride = self.capacity;
+            let (buffer, stride, offset) = (&mut self.chunk[..], self.capacity, self.filled);
             match data {
-                ActivationData::F32(x) => transpose_into(target, stride, x, now, |v| v),
-                ActivationData::F16(x) => transpose_into(target, stride, x, now, f16::to_f32),
-                ActivationData::BF16(x) => transpose_into(target, stride, x, now, bf16::to_f32),
+                ActivationData::F32(x) => {
+                    transpose_into(buffer, stride, offset, x, now, |v| v, par)
+                }
+                ActivationData::F16(x) => {
+                    transpose_into(buffer, stride, offset, x, now, f16::to_f32, par)
+                }
+                ActivationData::BF16(x) => {
+                    transpose_into(buffer, stride, offset, x, now, bf16::to_f32, par)
+                }
             }
             self.filled += take;
             if self.filled == self.capacity {
@@ -307,30 +317,42 @@ impl<T: SumFloat> Accumulation<T> {
     }
 }
 
-/// Copies the selected token rows of `x` into `buffer` (token `t`, column `j` at
-/// `j * stride + t`), in tiles so that both the reads and the writes stay in cache.
-fn transpose_into<S: Copy, T: SumFloat>(
+/// Copies the selected token rows of `x` into `buffer` (token `offset + t`, column `j` at
+/// `j * stride + offset + t`), in tiles of 64 tokens × 64 columns so that both the reads and
+/// the writes stay in cache; column tiles are spread over threads.
+fn transpose_into<S: Copy + Sync, T: SumFloat>(
     buffer: &mut [T],
     stride: usize,
+    offset: usize,
     x: ArrayView2<'_, S>,
     tokens: &[usize],
-    to_f32: impl Fn(S) -> f32,
+    to_f32: impl Fn(S) -> f32 + Sync,
+    par: Par,
 ) {
     const TILE: usize = 64;
     let x = x.as_standard_layout();
     let n = x.ncols();
     let data = x.as_slice().expect("standard layout");
-    for tile in tokens.chunks(TILE).enumerate() {
-        let (tile_index, tile_tokens) = tile;
-        for j0 in (0..n).step_by(TILE) {
-            let j1 = (j0 + TILE).min(n);
+    let column_tile = |(tile, columns): (usize, &mut [T])| {
+        let (j0, width) = (tile * TILE, columns.len() / stride);
+        for (tile_index, tile_tokens) in tokens.chunks(TILE).enumerate() {
             for (k, &token) in tile_tokens.iter().enumerate() {
-                let t = tile_index * TILE + k;
-                let row = &data[token * n + j0..token * n + j1];
-                for (j, &value) in (j0..j1).zip(row) {
-                    buffer[j * stride + t] = T::from_f32(to_f32(value));
+                let t = offset + tile_index * TILE + k;
+                let row = &data[token * n + j0..token * n + j0 + width];
+                for (jj, &value) in row.iter().enumerate() {
+                    columns[jj * stride + t] = T::from_f32(to_f32(value));
                 }
             }
         }
+    };
+    match par {
+        Par::Seq => buffer
+            .chunks_mut(TILE * stride)
+            .enumerate()
+            .for_each(column_tile),
+        _ => buffer
+            .par_chunks_mut(TILE * stride)
+            .enumerate()
+            .for_each(column_tile),
     }
 }
