@@ -3,6 +3,9 @@
 use half::{bf16, f16};
 use ndarray::ArrayView2;
 
+use crate::error::{GptqError, Result, shape_string};
+use crate::validate::check_finite;
+
 /// A `[tokens, columns]` matrix of a linear layer's inputs, in the precision the model runs in.
 #[derive(Debug, Clone, Copy)]
 pub enum ActivationData<'a> {
@@ -100,6 +103,40 @@ impl<'a> ActivationBatch<'a> {
     /// Number of input columns.
     pub fn columns(&self) -> usize {
         self.data.dim().1
+    }
+
+    /// The checks every Hessian accumulator makes before adding this batch to a `columns`-wide
+    /// sum (the width, at least one sequence, finite values, a mask of the right length), so
+    /// that all backends reject the same inputs with the same errors. Returns the indices of
+    /// the tokens kept by the mask.
+    pub fn kept_tokens(&self, columns: usize) -> Result<Vec<usize>> {
+        let (tokens, width) = self.data.dim();
+        if width != columns {
+            return Err(GptqError::ShapeMismatch {
+                what: "activation batch",
+                expected: format!("[tokens, {columns}]"),
+                actual: shape_string(&[tokens, width]),
+            });
+        }
+        if self.sequences == 0 {
+            return Err(GptqError::InvalidConfig(
+                "an activation batch must come from at least one sequence".into(),
+            ));
+        }
+        match self.data {
+            ActivationData::F32(x) => check_finite("activations", x)?,
+            ActivationData::F16(x) => check_finite("activations", x)?,
+            ActivationData::BF16(x) => check_finite("activations", x)?,
+        }
+        match self.mask {
+            None => Ok((0..tokens).collect()),
+            Some(mask) if mask.len() == tokens => Ok((0..tokens).filter(|&t| mask[t]).collect()),
+            Some(mask) => Err(GptqError::ShapeMismatch {
+                what: "token mask",
+                expected: format!("[{tokens}]"),
+                actual: format!("[{}]", mask.len()),
+            }),
+        }
     }
 }
 

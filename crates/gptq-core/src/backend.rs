@@ -80,6 +80,36 @@ pub struct FactorRequest<'a> {
     pub damping: DampingPolicy,
 }
 
+impl FactorRequest<'_> {
+    /// The quantization order read backwards, checked against an `n`-column Hessian:
+    /// `order[i]` is the original column at position `n - 1 - i`. Backends factor the reversed
+    /// permuted matrix, whose lower Cholesky factor read backwards is the upper factor needed.
+    pub fn reversed_order(&self, n: usize) -> Result<Vec<usize>> {
+        if let Some(&bad) = self.dead_columns.iter().find(|&&d| d >= n) {
+            return Err(GptqError::InvalidConfig(format!(
+                "dead column {bad} is outside the {n}-column Hessian"
+            )));
+        }
+        let permutation: Vec<usize> = match self.permutation {
+            None => (0..n).collect(),
+            Some(p) => {
+                let mut seen = vec![false; n];
+                if p.len() != n
+                    || !p
+                        .iter()
+                        .all(|&c| c < n && !std::mem::replace(&mut seen[c], true))
+                {
+                    return Err(GptqError::InvalidConfig(format!(
+                        "the column permutation must hold each of 0..{n} exactly once"
+                    )));
+                }
+                p.to_vec()
+            }
+        };
+        Ok(permutation.into_iter().rev().collect())
+    }
+}
+
 /// The damping a factorization ended up using.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Damping {

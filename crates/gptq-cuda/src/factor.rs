@@ -78,33 +78,6 @@ pub(crate) fn from_host(
     })
 }
 
-/// `order[i]` = the original column at position `n - 1 - i` of the quantization order; the
-/// checks and messages of the CPU.
-fn reversed_order(n: usize, request: &FactorRequest<'_>) -> Result<Vec<usize>> {
-    if let Some(&bad) = request.dead_columns.iter().find(|&&d| d >= n) {
-        return Err(GptqError::InvalidConfig(format!(
-            "dead column {bad} is outside the {n}-column Hessian"
-        )));
-    }
-    let permutation: Vec<usize> = match request.permutation {
-        None => (0..n).collect(),
-        Some(p) => {
-            let mut seen = vec![false; n];
-            if p.len() != n
-                || !p
-                    .iter()
-                    .all(|&c| c < n && !std::mem::replace(&mut seen[c], true))
-            {
-                return Err(GptqError::InvalidConfig(format!(
-                    "the column permutation must hold each of 0..{n} exactly once"
-                )));
-            }
-            p.to_vec()
-        }
-    };
-    Ok(permutation.into_iter().rev().collect())
-}
-
 /// cuSOLVER's parameter object of the 64-bit API, destroyed on drop.
 struct Params(solver::cusolverDnParams_t);
 
@@ -154,7 +127,7 @@ pub(crate) fn damped_inverse_factor(
     let n = hessian.columns;
     let mut session = hessian.device.session()?;
     check_hessian_finite(&mut session, hessian)?;
-    let order = reversed_order(n, request)?;
+    let order = request.reversed_order(n)?;
     let mut diagonal = hessian.diagonal(&session)?;
     for &dead in request.dead_columns {
         diagonal[dead] = 1.0;

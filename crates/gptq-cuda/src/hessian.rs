@@ -198,37 +198,6 @@ impl CudaHessianAccumulator {
         self.tokens
     }
 
-    /// The checks of the CPU accumulator, in the same order and with the same errors.
-    fn validate(&self, batch: &ActivationBatch<'_>) -> Result<Vec<usize>> {
-        let (tokens, columns) = batch.data().dim();
-        if columns != self.columns {
-            return Err(GptqError::ShapeMismatch {
-                what: "activation batch",
-                expected: format!("[tokens, {}]", self.columns),
-                actual: shape_string(&[tokens, columns]),
-            });
-        }
-        if batch.sequence_count() == 0 {
-            return Err(GptqError::InvalidConfig(
-                "an activation batch must come from at least one sequence".into(),
-            ));
-        }
-        match batch.data() {
-            ActivationData::F32(x) => check_finite("activations", x)?,
-            ActivationData::F16(x) => check_finite("activations", x)?,
-            ActivationData::BF16(x) => check_finite("activations", x)?,
-        }
-        match batch.token_mask() {
-            None => Ok((0..tokens).collect()),
-            Some(mask) if mask.len() == tokens => Ok((0..tokens).filter(|&t| mask[t]).collect()),
-            Some(mask) => Err(GptqError::ShapeMismatch {
-                what: "token mask",
-                expected: format!("[{tokens}]"),
-                actual: format!("[{}]", mask.len()),
-            }),
-        }
-    }
-
     /// Copies the kept tokens into the staging buffer, multiplying each time it fills.
     fn push(&mut self, data: ActivationData<'_>, kept: &[usize]) -> Result<()> {
         let n = self.columns;
@@ -352,7 +321,7 @@ impl HessianAccumulator for CudaHessianAccumulator {
     }
 
     fn add_batch(&mut self, batch: &ActivationBatch<'_>) -> Result<()> {
-        let kept = self.validate(batch)?;
+        let kept = batch.kept_tokens(self.columns)?;
         self.push(batch.data(), &kept)?;
         self.sequences += batch.sequence_count();
         self.tokens += kept.len();

@@ -45,7 +45,7 @@ pub fn damped_inverse_factor(
     check_square("Hessian", hessian, n)?;
     check_non_empty("Hessian", hessian)?;
     check_finite("Hessian", hessian)?;
-    let order = reversed_order(n, request)?;
+    let order = request.reversed_order(n)?;
     let mut diagonal: Vec<f64> = hessian.diag().to_vec();
     for &dead in request.dead_columns {
         diagonal[dead] = 1.0;
@@ -89,30 +89,4 @@ pub fn damped_inverse_factor(
         return Ok((InverseFactor { upper }, damping));
     }
     Err(GptqError::NotPositiveDefinite { columns: n, tried })
-}
-
-/// `order[i]` = the original column at position `n - 1 - i` of the quantization order.
-fn reversed_order(n: usize, request: &FactorRequest<'_>) -> Result<Vec<usize>> {
-    if let Some(&bad) = request.dead_columns.iter().find(|&&d| d >= n) {
-        return Err(GptqError::InvalidConfig(format!(
-            "dead column {bad} is outside the {n}-column Hessian"
-        )));
-    }
-    let permutation: Vec<usize> = match request.permutation {
-        None => (0..n).collect(),
-        Some(p) => {
-            let mut seen = vec![false; n];
-            if p.len() != n
-                || !p
-                    .iter()
-                    .all(|&c| c < n && !std::mem::replace(&mut seen[c], true))
-            {
-                return Err(GptqError::InvalidConfig(format!(
-                    "the column permutation must hold each of 0..{n} exactly once"
-                )));
-            }
-            p.to_vec()
-        }
-    };
-    Ok(permutation.into_iter().rev().collect())
 }

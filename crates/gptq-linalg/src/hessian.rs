@@ -123,36 +123,6 @@ impl CpuHessianAccumulator {
     pub fn tokens(&self) -> usize {
         self.tokens
     }
-
-    fn validate(&self, batch: &ActivationBatch<'_>) -> Result<Vec<usize>> {
-        let (tokens, columns) = batch.data().dim();
-        if columns != self.columns {
-            return Err(GptqError::ShapeMismatch {
-                what: "activation batch",
-                expected: format!("[tokens, {}]", self.columns),
-                actual: shape_string(&[tokens, columns]),
-            });
-        }
-        if batch.sequence_count() == 0 {
-            return Err(GptqError::InvalidConfig(
-                "an activation batch must come from at least one sequence".into(),
-            ));
-        }
-        match batch.data() {
-            ActivationData::F32(x) => check_finite("activations", x)?,
-            ActivationData::F16(x) => check_finite("activations", x)?,
-            ActivationData::BF16(x) => check_finite("activations", x)?,
-        }
-        match batch.token_mask() {
-            None => Ok((0..tokens).collect()),
-            Some(mask) if mask.len() == tokens => Ok((0..tokens).filter(|&t| mask[t]).collect()),
-            Some(mask) => Err(GptqError::ShapeMismatch {
-                what: "token mask",
-                expected: format!("[{tokens}]"),
-                actual: format!("[{}]", mask.len()),
-            }),
-        }
-    }
 }
 
 impl HessianAccumulator for CpuHessianAccumulator {
@@ -167,7 +137,7 @@ impl HessianAccumulator for CpuHessianAccumulator {
     }
 
     fn add_batch(&mut self, batch: &ActivationBatch<'_>) -> Result<()> {
-        let kept = self.validate(batch)?;
+        let kept = batch.kept_tokens(self.columns)?;
         let par = self.par;
         match &mut self.sum {
             LowerSum::F64(sum) => sum.push(batch.data(), &kept, par),
