@@ -4,8 +4,6 @@
 
 #![allow(clippy::single_range_in_vec_init)] // plans of a single block
 
-use std::path::PathBuf;
-
 use gptq_core::testing::seeded_matrix;
 use gptq_core::{
     ActivationBatch, Backend, ClipSearch, DampingPolicy, FactorRequest, FitSource, GptqError,
@@ -547,27 +545,12 @@ fn grids_without_a_spec_are_unsupported() {
     );
 }
 
-fn fixture_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("GPTQ_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/gptq-reference"),
-    };
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!(
-            "skipped: reference fixtures not found at {} (set GPTQ_FIXTURES)",
-            dir.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn every_reference_case_passes_on_the_gpu() {
     let Some(cuda) = gpu() else { return };
-    let Some(dir) = fixture_dir() else { return };
+    let Some(dir) = gptq_solver::parity::workspace_fixture_dir() else {
+        return;
+    };
     let cases = list_cases(&dir).unwrap();
     assert!(!cases.is_empty(), "no fixtures in {}", dir.display());
     let mut failures = Vec::new();

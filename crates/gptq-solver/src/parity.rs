@@ -88,6 +88,28 @@ pub struct ReferenceCase {
     pub packed: Option<PackedTensor>,
 }
 
+/// The fixture folder the workspace's tests use: `$GPTQ_FIXTURES` when set, otherwise
+/// `shared/fixtures/gptq-reference` beside the repository checkout. `None`, after printing why,
+/// when the folder does not exist, so that tests skip with a message in a clone without the
+/// shared data.
+pub fn workspace_fixture_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("GPTQ_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/gptq-reference")
+        }
+    };
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        println!(
+            "skipped: reference fixtures not found at {} (set GPTQ_FIXTURES)",
+            dir.display()
+        );
+        None
+    }
+}
+
 /// The `NAME.json` files of a fixture folder that have a `NAME.safetensors` beside them, sorted.
 pub fn list_cases(dir: &Path) -> Result<Vec<PathBuf>> {
     let entries =

@@ -1,31 +1,14 @@
 //! Parity with the reference implementation on every fixture in ../shared (skipped with a
 //! message when the folder is absent, as in a fresh clone without the shared data).
 
-use std::path::PathBuf;
-
 use gptq_solver::CpuBackend;
 use gptq_solver::parity::{ReferenceCase, Thresholds, check_case, list_cases};
 
-fn fixture_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("GPTQ_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/fixtures/gptq-reference"),
-    };
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        println!(
-            "skipped: reference fixtures not found at {} (set GPTQ_FIXTURES)",
-            dir.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn every_reference_case_passes_in_parity_and_default_mode() {
-    let Some(dir) = fixture_dir() else { return };
+    let Some(dir) = gptq_solver::parity::workspace_fixture_dir() else {
+        return;
+    };
     let cases = list_cases(&dir).unwrap();
     assert!(!cases.is_empty(), "no fixtures in {}", dir.display());
     let backend = CpuBackend::new();
@@ -51,7 +34,9 @@ fn every_reference_case_passes_in_parity_and_default_mode() {
 
 #[test]
 fn the_checker_catches_a_wrong_result() {
-    let Some(dir) = fixture_dir() else { return };
+    let Some(dir) = gptq_solver::parity::workspace_fixture_dir() else {
+        return;
+    };
     let path = list_cases(&dir).unwrap().into_iter().next().unwrap();
     let mut case = ReferenceCase::load(&path).unwrap();
     // Pretend the reference had used other weights: the checker must notice.
