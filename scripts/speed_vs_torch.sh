@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# End-to-end time of the pipeline issue's 3-bit run (SmolLM2-135M, 128 x 512 calibration tokens,
+# 3-bit, group 128, asymmetric, true-sequential), gptq-rs against scripts/torch_gptq.py (the same
+# algorithm in PyTorch, organised as the reference implementation), one after the other on this
+# machine, each followed by its perplexity on the first 40 windows of WikiText-2 test.
+# Usage: scripts/speed_vs_torch.sh [OUT_DIR]   (needs ../shared; sets up the Python environment
+# of scripts/hf_check.sh if missing)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-target/speed-vs-torch}
+mkdir -p "$out"
+shared=../shared
+model=${GPTQ_SMOLLM2_HF:-target/tmp/smollm2-hf}
+calib=$shared/data/calib/smollm2-wikivalid-128x512.json
+text=$shared/data/wikitext2/wikitext2-test-joined.txt
+venv=${GPTQ_HF_VENV:-$HOME/.cache/gptq-hf-venv}
+cargo build --release -p gptq-cli >/dev/null
+"$shared/tools/smollm2-hf" "$model" >/dev/null
+if [[ ! -x $venv/bin/python ]]; then
+  # hf_check.sh builds the environment before it runs anything; --help then exits at once.
+  scripts/hf_check.sh --help >/dev/null
+fi
+
+echo "== PyTorch (scripts/torch_gptq.py, $("$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "threads", 2)'))"
+start=$SECONDS
+"$venv/bin/python" scripts/torch_gptq.py pipeline --model "$model" --calib "$calib" \
+  --bits 3 --group-size 128 --asym --text "$text" --windows 40 --threads 2 2>/dev/null \
+  | tee "$out/torch.log" | grep -v '^layer'
+echo "torch wall time $((SECONDS - start)) s (quantize + evaluate)"
+
+echo "== gptq-rs"
+rm -rf "$out/w3g128-asym"
+target/release/gptq quantize --model "$model" --calib "$calib" --out "$out/w3g128-asym" \
+  --bits 3 --group-size 128 --asym --threads 2 --report "$out/w3g128-asym.json" 2>&1 \
+  | tr '\r' '\n' | grep -E '^(quantized|time:|peak)'
+target/release/gptq eval --model "$out/w3g128-asym" --text "$text" --windows 40 | grep perplexity
