@@ -122,8 +122,8 @@ pub fn compare(a: &QuantizedTensor, a_loss: f64, b: &QuantizedTensor, b_loss: f6
 }
 
 /// The backend against the f64 transcription of the reference ([`crate::reference::gptq`]), in
-/// parity or default mode: at least `min_agreement` of the codes equal and the losses within
-/// `loss_tolerance` (relative).
+/// parity or default mode: at least `min_agreement` of the codes equal and the loss at most
+/// `1 + loss_tolerance` times the oracle's.
 pub fn check_against_oracle<B: Backend>(
     backend: &B,
     config: &QuantConfig,
@@ -158,8 +158,12 @@ pub fn check_against_oracle<B: Backend>(
         100.0 * agreement,
         100.0 * min_agreement
     );
+    // One-sided: where f32 and f64 round a near-tie differently, the greedy error feedback
+    // can carry the difference either way (at 7–8 bits the losses are tiny and a few flipped
+    // codes move them by percents). A lower loss of the same objective is not a wrong answer;
+    // a higher one beyond the tolerance is.
     prop_assert!(
-        (ratio - 1.0).abs() <= loss_tolerance,
+        ratio <= 1.0 + loss_tolerance,
         "loss ratio {ratio} (oracle {oracle_loss})"
     );
     prop_assert_eq!(ours.tensor.g_idx(), oracle.g_idx());
