@@ -11,6 +11,8 @@ use half::{bf16, f16};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
+use crate::transpose::{self, ColumnTile, RowMajor};
+
 /// Elements of the token buffer: tokens are multiplied in chunks of `BUFFER_ELEMENTS / columns`
 /// (1024 tokens at 4096 columns, more for narrower layers so that each product stays large
 /// enough to run near the GEMM rate), a 32 MiB buffer in f64.
@@ -184,18 +186,57 @@ impl HessianAccumulator for CpuHessianAccumulator {
 /// A float type the Hessian can be accumulated in.
 trait SumFloat: Copy + Default + Send {
     fn from_f32(x: f32) -> Self;
+    /// Copies columns `j0..j0 + width` of the rows `tokens` of f32 activations into a column
+    /// tile of the buffer (see [`transpose::gather`]).
+    fn gather_f32(
+        src: RowMajor<'_>,
+        j0: usize,
+        width: usize,
+        tokens: &[usize],
+        dst: &mut [Self],
+        stride: usize,
+        offset: usize,
+    ) {
+        gather_converted(
+            src.data,
+            src.n,
+            j0,
+            width,
+            tokens,
+            dst,
+            stride,
+            offset,
+            |v| v,
+        );
+    }
     /// `sum += xᵀ x` on the lower triangle, `x` being `rows × n` column-major with column
     /// stride `stride`.
     fn add_gram(sum: &mut [Self], x: &[Self], rows: usize, n: usize, stride: usize, par: Par);
 }
 
 macro_rules! impl_sum_float {
-    ($t:ty) => {
+    (@gather generic) => {};
+    (@gather fast) => {
+        fn gather_f32(
+            src: RowMajor<'_>,
+            j0: usize,
+            width: usize,
+            tokens: &[usize],
+            dst: &mut [f32],
+            stride: usize,
+            offset: usize,
+        ) {
+            let tile = ColumnTile { dst, stride, offset };
+            transpose::gather(src, j0, width, tokens, tile);
+        }
+    };
+    ($t:ty, $gather:ident) => {
         impl SumFloat for $t {
             #[inline]
             fn from_f32(x: f32) -> Self {
                 x as $t
             }
+            impl_sum_float!(@gather $gather);
             fn add_gram(
                 sum: &mut [Self],
                 x: &[Self],
@@ -220,8 +261,8 @@ macro_rules! impl_sum_float {
         }
     };
 }
-impl_sum_float!(f64);
-impl_sum_float!(f32);
+impl_sum_float!(f64, generic);
+impl_sum_float!(f32, fast);
 
 /// A lower-triangle sum and the buffer of tokens not yet multiplied into it.
 struct Accumulation<T> {
@@ -253,15 +294,9 @@ impl<T: SumFloat> Accumulation<T> {
             let (now, later) = rest.split_at(take);
             let (buffer, stride, offset) = (&mut self.chunk[..], self.capacity, self.filled);
             match data {
-                ActivationData::F32(x) => {
-                    transpose_into(buffer, stride, offset, x, now, |v| v, par)
-                }
-                ActivationData::F16(x) => {
-                    transpose_into(buffer, stride, offset, x, now, f16::to_f32, par)
-                }
-                ActivationData::BF16(x) => {
-                    transpose_into(buffer, stride, offset, x, now, bf16::to_f32, par)
-                }
+                ActivationData::F32(x) => transpose_into(buffer, stride, offset, x, now, par),
+                ActivationData::F16(x) => transpose_into(buffer, stride, offset, x, now, par),
+                ActivationData::BF16(x) => transpose_into(buffer, stride, offset, x, now, par),
             }
             self.filled += take;
             if self.filled == self.capacity {
@@ -288,31 +323,39 @@ impl<T: SumFloat> Accumulation<T> {
 }
 
 /// Copies the selected token rows of `x` into `buffer` (token `offset + t`, column `j` at
-/// `j * stride + offset + t`), in tiles of 64 tokens × 64 columns so that both the reads and
-/// the writes stay in cache; column tiles are spread over threads.
-fn transpose_into<S: Copy + Sync, T: SumFloat>(
+/// `j * stride + offset + t`), in tiles of 64 columns spread over threads; f32 activations into
+/// an f32 buffer take the vectorized [`transpose::gather`].
+fn transpose_into<S: Element, T: SumFloat>(
     buffer: &mut [T],
     stride: usize,
     offset: usize,
     x: ArrayView2<'_, S>,
     tokens: &[usize],
-    to_f32: impl Fn(S) -> f32 + Sync,
     par: Par,
 ) {
     const TILE: usize = 64;
     let x = x.as_standard_layout();
     let n = x.ncols();
     let data = x.as_slice().expect("standard layout");
+    let f32_data = S::as_f32(data);
     let column_tile = |(tile, columns): (usize, &mut [T])| {
         let (j0, width) = (tile * TILE, columns.len() / stride);
-        for (tile_index, tile_tokens) in tokens.chunks(TILE).enumerate() {
-            for (k, &token) in tile_tokens.iter().enumerate() {
-                let t = offset + tile_index * TILE + k;
-                let row = &data[token * n + j0..token * n + j0 + width];
-                for (jj, &value) in row.iter().enumerate() {
-                    columns[jj * stride + t] = T::from_f32(to_f32(value));
-                }
+        match f32_data {
+            Some(data) => {
+                let src = RowMajor { data, n };
+                T::gather_f32(src, j0, width, tokens, columns, stride, offset);
             }
+            None => gather_converted(
+                data,
+                n,
+                j0,
+                width,
+                tokens,
+                columns,
+                stride,
+                offset,
+                S::to_f32,
+            ),
         }
     };
     match par {
@@ -324,5 +367,56 @@ fn transpose_into<S: Copy + Sync, T: SumFloat>(
             .par_chunks_mut(TILE * stride)
             .enumerate()
             .for_each(column_tile),
+    }
+}
+
+/// An activation element type.
+trait Element: Copy + Sync {
+    fn to_f32(self) -> f32;
+    /// The slice as f32 when it is one (the fast gather's case).
+    fn as_f32(_values: &[Self]) -> Option<&[f32]> {
+        None
+    }
+}
+
+impl Element for f32 {
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn as_f32(values: &[f32]) -> Option<&[f32]> {
+        Some(values)
+    }
+}
+
+impl Element for f16 {
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl Element for bf16 {
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+/// The plain gather with a conversion: `dst[jj * stride + offset + t] = x[tokens[t]][j0 + jj]`.
+#[allow(clippy::too_many_arguments)]
+fn gather_converted<S: Copy, T: SumFloat>(
+    data: &[S],
+    n: usize,
+    j0: usize,
+    width: usize,
+    tokens: &[usize],
+    dst: &mut [T],
+    stride: usize,
+    offset: usize,
+    to_f32: impl Fn(S) -> f32,
+) {
+    for (t, &token) in tokens.iter().enumerate() {
+        let row = &data[token * n + j0..token * n + j0 + width];
+        for (jj, &value) in row.iter().enumerate() {
+            dst[jj * stride + offset + t] = T::from_f32(to_f32(value));
+        }
     }
 }

@@ -32,6 +32,7 @@ mod hessian;
 mod loss;
 mod matmul;
 pub mod reference;
+mod transpose;
 
 pub use factor::{InverseFactor, damped_inverse_factor};
 pub use faer::Par;

@@ -76,6 +76,31 @@ fn half_precision_inputs_and_masks() {
     assert!(relative_error(acc.finish().unwrap().matrix(), expected.view()) < 1e-13);
 }
 
+/// The f32 accumulation (whose gather into the buffer is vectorized) with masks, ragged widths
+/// past several 64-column tiles, and two threads, against the reference on the kept rows.
+#[test]
+fn f32_masked_batches_on_two_threads() {
+    let columns = 203;
+    let x = seeded_matrix(301, columns, 9, 1.0);
+    let mask: Vec<bool> = (0..301).map(|t| t % 5 != 2).collect();
+    let kept: Vec<usize> = (0..301).filter(|t| mask[*t]).collect();
+    let expected = reference::hessian(&[(x.select(Axis(0), &kept).view(), 4)]);
+    let options = HessianOptions {
+        precision: HessianPrecision::F32,
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let h = pool.install(|| {
+        let mut acc = CpuHessianAccumulator::new(columns, options, Par::rayon(2)).unwrap();
+        acc.add_batch(&ActivationBatch::new(x.view()).sequences(4).mask(&mask))
+            .unwrap();
+        acc.finish().unwrap()
+    });
+    assert!(relative_error(h.matrix(), expected.view()) < 1e-5);
+}
+
 #[test]
 fn bad_batches_are_rejected_and_leave_the_sum_untouched() {
     let good = seeded_matrix(10, 8, 1, 1.0);

@@ -16,8 +16,9 @@ use gptq_model::{
     rms_norm_par,
 };
 use gptq_quant::{CheckpointFormat, PackedTensor, check_packable, pack};
-use gptq_solver::Gptq;
+use gptq_solver::{Gptq, QuantizedLayer};
 use ndarray::Array2;
+use rayon::prelude::*;
 
 use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
@@ -253,6 +254,10 @@ impl<B: Backend> Run<'_, B> {
 
     /// Quantizes the linears `ids` of `layer` against `hessian`, replacing their weights by the
     /// dequantized result so that later stages see them.
+    ///
+    /// The linears of a group (q/k/v, gate/up) are solved concurrently: much of a solve (the
+    /// column loop of small blocks, the factorization of a 576-column Hessian) cannot use two
+    /// threads on its own, and the linears are independent given their shared Hessian.
     fn quantize(
         &mut self,
         layer: &mut DecoderLayer,
@@ -260,21 +265,30 @@ impl<B: Backend> Run<'_, B> {
         hessian: &B::Hessian,
         progress: &mut dyn Progress,
     ) -> Result<()> {
-        for &id in ids {
+        let names: Vec<&str> = ids.iter().map(|id| id.hf_name()).collect();
+        progress.event(Event::Message(format!(
+            "layer {} {}",
+            layer.index,
+            names.join(", ")
+        )));
+        let t = Instant::now();
+        let (gptq, grid, shared) = (&self.gptq, &self.grid, &*layer);
+        let solved: Vec<Result<QuantizedLayer>> = ids
+            .par_iter()
+            .map(|&id| {
+                gptq.quantize_with_grid(shared.linear(id).weight.view(), hessian, grid)
+                    .map_err(PipelineError::quantization(id.tensor_prefix(shared.index)))
+            })
+            .collect();
+        self.times.solve += t.elapsed().as_secs_f64();
+        for (&id, quantized) in ids.iter().zip(solved) {
+            let quantized = quantized?;
             let name = id.tensor_prefix(layer.index);
-            progress.event(Event::Message(format!("layer {} {id}", layer.index)));
-            let t = Instant::now();
-            let linear = layer.linear(id);
-            let quantized = self
-                .gptq
-                .quantize_with_grid(linear.weight.view(), hessian, &self.grid)
-                .map_err(PipelineError::quantization(name.clone()))?;
-            self.times.solve += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let packed = pack(&quantized.tensor, self.format)
                 .map_err(PipelineError::quantization(name.clone()))?;
             self.times.pack += t.elapsed().as_secs_f64();
-            let (rows, columns) = linear.weight.dim();
+            let (rows, columns) = layer.linear(id).weight.dim();
             layer
                 .linear_mut(id)
                 .set_weight(quantized.tensor.dequantize())?;
