@@ -11,7 +11,7 @@ use half::{bf16, f16};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
-use crate::transpose::{self, ColumnTile, RowMajor};
+use crate::transpose::{self, ColumnTile, Selection};
 
 /// Elements of the token buffer: tokens are multiplied in chunks of `BUFFER_ELEMENTS / columns`
 /// (1024 tokens at 4096 columns, more for narrower layers so that each product stays large
@@ -186,28 +186,9 @@ impl HessianAccumulator for CpuHessianAccumulator {
 /// A float type the Hessian can be accumulated in.
 trait SumFloat: Copy + Default + Send {
     fn from_f32(x: f32) -> Self;
-    /// Copies columns `j0..j0 + width` of the rows `tokens` of f32 activations into a column
-    /// tile of the buffer (see [`transpose::gather`]).
-    fn gather_f32(
-        src: RowMajor<'_>,
-        j0: usize,
-        width: usize,
-        tokens: &[usize],
-        dst: &mut [Self],
-        stride: usize,
-        offset: usize,
-    ) {
-        gather_converted(
-            src.data,
-            src.n,
-            j0,
-            width,
-            tokens,
-            dst,
-            stride,
-            offset,
-            |v| v,
-        );
+    /// Copies a selection of f32 activations into a column tile of the buffer.
+    fn gather_f32(sel: Selection<'_, f32>, tile: ColumnTile<'_, Self>) {
+        transpose::gather_scalar(sel, tile, Self::from_f32);
     }
     /// `sum += xᵀ x` on the lower triangle, `x` being `rows × n` column-major with column
     /// stride `stride`.
@@ -217,17 +198,8 @@ trait SumFloat: Copy + Default + Send {
 macro_rules! impl_sum_float {
     (@gather generic) => {};
     (@gather fast) => {
-        fn gather_f32(
-            src: RowMajor<'_>,
-            j0: usize,
-            width: usize,
-            tokens: &[usize],
-            dst: &mut [f32],
-            stride: usize,
-            offset: usize,
-        ) {
-            let tile = ColumnTile { dst, stride, offset };
-            transpose::gather(src, j0, width, tokens, tile);
+        fn gather_f32(sel: Selection<'_, f32>, tile: ColumnTile<'_, f32>) {
+            transpose::gather(sel, tile);
         }
     };
     ($t:ty, $gather:ident) => {
@@ -340,22 +312,32 @@ fn transpose_into<S: Element, T: SumFloat>(
     let f32_data = S::as_f32(data);
     let column_tile = |(tile, columns): (usize, &mut [T])| {
         let (j0, width) = (tile * TILE, columns.len() / stride);
+        let dst = ColumnTile {
+            dst: columns,
+            stride,
+            offset,
+        };
         match f32_data {
-            Some(data) => {
-                let src = RowMajor { data, n };
-                T::gather_f32(src, j0, width, tokens, columns, stride, offset);
-            }
-            None => gather_converted(
-                data,
-                n,
-                j0,
-                width,
-                tokens,
-                columns,
-                stride,
-                offset,
-                S::to_f32,
+            Some(data) => T::gather_f32(
+                Selection {
+                    data,
+                    n,
+                    j0,
+                    width,
+                    tokens,
+                },
+                dst,
             ),
+            None => {
+                let sel = Selection {
+                    data,
+                    n,
+                    j0,
+                    width,
+                    tokens,
+                };
+                transpose::gather_scalar(sel, dst, |v| T::from_f32(v.to_f32()));
+            }
         }
     };
     match par {
@@ -397,26 +379,5 @@ impl Element for f16 {
 impl Element for bf16 {
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
-    }
-}
-
-/// The plain gather with a conversion: `dst[jj * stride + offset + t] = x[tokens[t]][j0 + jj]`.
-#[allow(clippy::too_many_arguments)]
-fn gather_converted<S: Copy, T: SumFloat>(
-    data: &[S],
-    n: usize,
-    j0: usize,
-    width: usize,
-    tokens: &[usize],
-    dst: &mut [T],
-    stride: usize,
-    offset: usize,
-    to_f32: impl Fn(S) -> f32,
-) {
-    for (t, &token) in tokens.iter().enumerate() {
-        let row = &data[token * n + j0..token * n + j0 + width];
-        for (jj, &value) in row.iter().enumerate() {
-            dst[jj * stride + offset + t] = T::from_f32(to_f32(value));
-        }
     }
 }

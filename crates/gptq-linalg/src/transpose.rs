@@ -6,79 +6,65 @@
 //! time; the AVX2 path moves 8 × 8 blocks through registers instead. [`gather_scalar`] is the
 //! plain version the fast path is tested against.
 
-/// A block of row-major f32 activations to gather from: `rows × n`, row `r` at `data[r * n..]`.
+/// What to gather: columns `j0..j0 + width` of the rows `tokens` of the row-major `data`
+/// (`n` columns, row `r` at `data[r * n..]`).
 #[derive(Clone, Copy)]
-pub(crate) struct RowMajor<'a> {
-    pub data: &'a [f32],
+pub(crate) struct Selection<'a, S> {
+    pub data: &'a [S],
     pub n: usize,
+    pub j0: usize,
+    pub width: usize,
+    pub tokens: &'a [usize],
 }
 
-/// Where to write: column `jj` of the tile, token `t` at `dst[jj * stride + offset + t]`.
-pub(crate) struct ColumnTile<'a> {
-    pub dst: &'a mut [f32],
+/// Where to write: column `jj` of the selection, token `t` at `dst[jj * stride + offset + t]`.
+pub(crate) struct ColumnTile<'a, T> {
+    pub dst: &'a mut [T],
     pub stride: usize,
     pub offset: usize,
 }
 
-/// Copies columns `j0..j0 + width` of the rows `tokens` of `src` into `tile`, transposed:
-/// `tile[jj][offset + t] = src[tokens[t]][j0 + jj]`.
+/// `tile[jj][offset + t] = data[tokens[t]][j0 + jj]` for f32 data, vectorized where AVX2 is.
 ///
 /// # Panics
-/// If a token or column is out of range of `src`, or the tile is too small; callers pass
+/// If a token or column is out of range of `data`, or the tile is too small; callers pass
 /// validated tokens, so this is a bug check.
-pub(crate) fn gather(
-    src: RowMajor<'_>,
-    j0: usize,
-    width: usize,
-    tokens: &[usize],
-    tile: ColumnTile<'_>,
-) {
-    check_ranges(src, j0, width, tokens, &tile);
+pub(crate) fn gather(sel: Selection<'_, f32>, tile: ColumnTile<'_, f32>) {
+    check_ranges(&sel, &tile);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: AVX2 is present, and `check_ranges` proved every read and write in bounds.
-        unsafe { gather_avx2(src, j0, width, tokens, tile) };
+        unsafe { gather_avx2(sel, tile) };
         return;
     }
-    gather_scalar(src, j0, width, tokens, tile);
+    gather_scalar(sel, tile, |v| v);
 }
 
-fn check_ranges(
-    src: RowMajor<'_>,
-    j0: usize,
-    width: usize,
-    tokens: &[usize],
-    tile: &ColumnTile<'_>,
-) {
-    let rows = src.data.len() / src.n.max(1);
-    assert!(
-        j0 + width <= src.n,
-        "columns {j0}..{} of {}",
-        j0 + width,
-        src.n
-    );
-    assert!(
-        tokens.iter().all(|&t| t < rows),
-        "a token is past row {rows}"
-    );
-    if width > 0 && !tokens.is_empty() {
-        let last = (width - 1) * tile.stride + tile.offset + tokens.len();
-        assert!(tile.offset + tokens.len() <= tile.stride && last <= tile.dst.len());
+fn check_ranges<S, T>(sel: &Selection<'_, S>, tile: &ColumnTile<'_, T>) {
+    let rows = sel.data.len() / sel.n.max(1);
+    let end = sel.j0 + sel.width;
+    assert!(end <= sel.n, "columns {}..{end} of {}", sel.j0, sel.n);
+    let past = sel.tokens.iter().any(|&t| t >= rows);
+    assert!(!past, "a token is past row {rows}");
+    if sel.width > 0 && !sel.tokens.is_empty() {
+        let count = sel.tokens.len();
+        let last = (sel.width - 1) * tile.stride + tile.offset + count;
+        assert!(tile.offset + count <= tile.stride && last <= tile.dst.len());
     }
 }
 
-/// The plain loop: one element at a time.
-pub(crate) fn gather_scalar(
-    src: RowMajor<'_>,
-    j0: usize,
-    width: usize,
-    tokens: &[usize],
-    tile: ColumnTile<'_>,
+/// The plain loop, one element at a time, converting each: the oracle of the fast path and
+/// the path of every other element type.
+pub(crate) fn gather_scalar<S: Copy, T>(
+    sel: Selection<'_, S>,
+    tile: ColumnTile<'_, T>,
+    convert: impl Fn(S) -> T,
 ) {
-    for (t, &token) in tokens.iter().enumerate() {
-        let row = &src.data[token * src.n + j0..token * src.n + j0 + width];
+    let (n, j0) = (sel.n, sel.j0);
+    for (t, &token) in sel.tokens.iter().enumerate() {
+        let row = &sel.data[token * n + j0..token * n + j0 + sel.width];
         for (jj, &value) in row.iter().enumerate() {
-            tile.dst[jj * tile.stride + tile.offset + t] = value;
+            tile.dst[jj * tile.stride + tile.offset + t] = convert(value);
         }
     }
 }
@@ -90,21 +76,16 @@ pub(crate) fn gather_scalar(
 /// AVX2 must be available and the ranges must pass `check_ranges`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn gather_avx2(
-    src: RowMajor<'_>,
-    j0: usize,
-    width: usize,
-    tokens: &[usize],
-    tile: ColumnTile<'_>,
-) {
+unsafe fn gather_avx2(sel: Selection<'_, f32>, tile: ColumnTile<'_, f32>) {
     use std::arch::x86_64::*;
+    let (tokens, width) = (sel.tokens, sel.width);
     let (full_tokens, full_columns) = (tokens.len() / 8 * 8, width / 8 * 8);
-    let s = src.data.as_ptr();
+    let s = sel.data.as_ptr();
     let d = tile.dst.as_mut_ptr();
     for t in (0..full_tokens).step_by(8) {
         let rows: [*const f32; 8] = std::array::from_fn(|i| {
             // SAFETY: tokens[t + i] < rows and j0 + width <= n (checked).
-            unsafe { s.add(tokens[t + i] * src.n + j0) }
+            unsafe { s.add(tokens[t + i] * sel.n + sel.j0) }
         });
         for c in (0..full_columns).step_by(8) {
             // SAFETY: columns c..c + 8 lie inside the width of every row; the writes go to
@@ -145,25 +126,27 @@ unsafe fn gather_avx2(
     }
     // The last columns of every token, then every column of the last tokens.
     if full_columns < width {
+        let columns = Selection {
+            j0: sel.j0 + full_columns,
+            width: width - full_columns,
+            tokens: &tokens[..full_tokens],
+            ..sel
+        };
         let rest = ColumnTile {
             dst: &mut tile.dst[full_columns * tile.stride..],
-            stride: tile.stride,
-            offset: tile.offset,
+            ..tile
         };
-        gather_scalar(
-            src,
-            j0 + full_columns,
-            width - full_columns,
-            &tokens[..full_tokens],
-            rest,
-        );
+        gather_scalar(columns, rest, |v| v);
     }
-    let rest = ColumnTile {
-        dst: tile.dst,
-        stride: tile.stride,
-        offset: tile.offset + full_tokens,
+    let rows = Selection {
+        tokens: &tokens[full_tokens..],
+        ..sel
     };
-    gather_scalar(src, j0, width, &tokens[full_tokens..], rest);
+    let rest = ColumnTile {
+        offset: tile.offset + full_tokens,
+        ..tile
+    };
+    gather_scalar(rows, rest, |v| v);
 }
 
 #[cfg(test)]
@@ -177,10 +160,16 @@ mod tests {
         let n = 37;
         let rows = 29;
         let data: Vec<f32> = (0..rows * n).map(|i| i as f32 * 0.5 - 3.0).collect();
-        let src = RowMajor { data: &data, n };
         for (j0, width) in [(0, 37), (3, 8), (5, 17), (0, 7), (36, 1)] {
             for count in [0, 1, 7, 8, 9, 16, 23] {
                 let tokens: Vec<usize> = (0..count).map(|i| (i * 11 + 3) % rows).collect();
+                let sel = Selection {
+                    data: &data,
+                    n,
+                    j0,
+                    width,
+                    tokens: &tokens,
+                };
                 let (stride, offset) = (31, 5);
                 let mut fast = vec![f32::NAN; width * stride];
                 let mut plain = vec![f32::NAN; width * stride];
@@ -189,8 +178,8 @@ mod tests {
                     stride,
                     offset,
                 };
-                gather(src, j0, width, &tokens, tile(&mut fast));
-                gather_scalar(src, j0, width, &tokens, tile(&mut plain));
+                gather(sel, tile(&mut fast));
+                gather_scalar(sel, tile(&mut plain), |v| v);
                 let same = fast
                     .iter()
                     .zip(&plain)
@@ -211,11 +200,18 @@ mod tests {
     fn out_of_range_token_is_caught() {
         let data = vec![0.0f32; 8 * 8];
         let mut dst = vec![0.0f32; 64];
+        let sel = Selection {
+            data: &data,
+            n: 8,
+            j0: 0,
+            width: 8,
+            tokens: &[8],
+        };
         let tile = ColumnTile {
             dst: &mut dst,
             stride: 8,
             offset: 0,
         };
-        gather(RowMajor { data: &data, n: 8 }, 0, 8, &[8], tile);
+        gather(sel, tile);
     }
 }
