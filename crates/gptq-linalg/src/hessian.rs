@@ -186,29 +186,23 @@ impl HessianAccumulator for CpuHessianAccumulator {
 /// A float type the Hessian can be accumulated in.
 trait SumFloat: Copy + Default + Send {
     fn from_f32(x: f32) -> Self;
-    /// Copies a selection of f32 activations into a column tile of the buffer.
-    fn gather_f32(sel: Selection<'_, f32>, tile: ColumnTile<'_, Self>) {
-        transpose::gather_scalar(sel, tile, Self::from_f32);
-    }
+    /// The buffer as f32 when it is one (where the vectorized gather applies).
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
     /// `sum += xᵀ x` on the lower triangle, `x` being `rows × n` column-major with column
     /// stride `stride`.
     fn add_gram(sum: &mut [Self], x: &[Self], rows: usize, n: usize, stride: usize, par: Par);
 }
 
 macro_rules! impl_sum_float {
-    (@gather generic) => {};
-    (@gather fast) => {
-        fn gather_f32(sel: Selection<'_, f32>, tile: ColumnTile<'_, f32>) {
-            transpose::gather(sel, tile);
-        }
-    };
-    ($t:ty, $gather:ident) => {
+    ($t:ty, $as_f32_mut:expr) => {
         impl SumFloat for $t {
             #[inline]
             fn from_f32(x: f32) -> Self {
                 x as $t
             }
-            impl_sum_float!(@gather $gather);
+            fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+                ($as_f32_mut)(values)
+            }
             fn add_gram(
                 sum: &mut [Self],
                 x: &[Self],
@@ -233,8 +227,8 @@ macro_rules! impl_sum_float {
         }
     };
 }
-impl_sum_float!(f64, generic);
-impl_sum_float!(f32, fast);
+impl_sum_float!(f64, |_| None);
+impl_sum_float!(f32, Some);
 
 /// A lower-triangle sum and the buffer of tokens not yet multiplied into it.
 struct Accumulation<T> {
@@ -296,7 +290,7 @@ impl<T: SumFloat> Accumulation<T> {
 
 /// Copies the selected token rows of `x` into `buffer` (token `offset + t`, column `j` at
 /// `j * stride + offset + t`), in tiles of 64 columns spread over threads; f32 activations into
-/// an f32 buffer take the vectorized [`transpose::gather`].
+/// an f32 buffer take the vectorized [`transpose::gather`], the rest the plain loop.
 fn transpose_into<S: Element, T: SumFloat>(
     buffer: &mut [T],
     stride: usize,
@@ -309,32 +303,38 @@ fn transpose_into<S: Element, T: SumFloat>(
     let x = x.as_standard_layout();
     let n = x.ncols();
     let data = x.as_slice().expect("standard layout");
-    let f32_data = S::as_f32(data);
     let column_tile = |(tile, columns): (usize, &mut [T])| {
         let (j0, width) = (tile * TILE, columns.len() / stride);
-        let dst = ColumnTile {
-            dst: columns,
-            stride,
-            offset,
-        };
-        match f32_data {
-            Some(data) => T::gather_f32(
-                Selection {
-                    data,
-                    n,
-                    j0,
-                    width,
-                    tokens,
-                },
-                dst,
-            ),
-            None => {
+        match (S::as_f32(data), T::as_f32_mut(columns)) {
+            (Some(data), Some(dst)) => {
                 let sel = Selection {
                     data,
                     n,
                     j0,
                     width,
                     tokens,
+                };
+                transpose::gather(
+                    sel,
+                    ColumnTile {
+                        dst,
+                        stride,
+                        offset,
+                    },
+                );
+            }
+            _ => {
+                let sel = Selection {
+                    data,
+                    n,
+                    j0,
+                    width,
+                    tokens,
+                };
+                let dst = ColumnTile {
+                    dst: columns,
+                    stride,
+                    offset,
                 };
                 transpose::gather_scalar(sel, dst, |v| T::from_f32(v.to_f32()));
             }
