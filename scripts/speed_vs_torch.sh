@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # End-to-end time of the pipeline issue's 3-bit run (SmolLM2-135M, 128 x 512 calibration tokens,
-# 3-bit, group 128, asymmetric, true-sequential), gptq-rs against scripts/torch_gptq.py (the same
-# algorithm in PyTorch, organised as the reference implementation), one after the other on this
-# machine, each followed by its perplexity on the first 40 windows of WikiText-2 test.
-# Usage: scripts/speed_vs_torch.sh [OUT_DIR]   (needs ../shared; sets up the Python environment
-# of scripts/hf_check.sh if missing)
+# 3-bit, group 128, asymmetric; true-sequential unless asked otherwise), gptq-rs against
+# scripts/torch_gptq.py (the same algorithm in PyTorch, organised as the reference
+# implementation), one after the other on this machine, each followed by its perplexity on the
+# first 40 windows of WikiText-2 test.
+# Usage: scripts/speed_vs_torch.sh [--no-true-sequential] [OUT_DIR]
+#   --no-true-sequential  PyTorch quantizes a layer's seven linears against the inputs of its
+#                         full-precision forward pass (the reference implementation's default);
+#                         gptq-rs runs that way and then in its default true-sequential order
+# (needs ../shared; sets up the Python environment of scripts/hf_check.sh if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-target/speed-vs-torch}
+order=()
+if [[ ${1:-} == --no-true-sequential ]]; then
+  order=(--no-true-sequential)
+  shift
+fi
+out=${1:-target/speed-vs-torch${order:+-no-true-sequential}}
 mkdir -p "$out"
 shared=../shared
 model=${GPTQ_SMOLLM2_HF:-target/tmp/smollm2-hf}
@@ -24,13 +33,23 @@ fi
 echo "== PyTorch (scripts/torch_gptq.py, $("$venv/bin/python" -c 'import torch; print("torch", torch.__version__, "threads", 2)'))"
 start=$SECONDS
 "$venv/bin/python" scripts/torch_gptq.py pipeline --model "$model" --calib "$calib" \
-  --bits 3 --group-size 128 --asym --text "$text" --windows 40 --threads 2 2>/dev/null \
+  --bits 3 --group-size 128 --asym --text "$text" --windows 40 --threads 2 "${order[@]}" 2>/dev/null \
   | tee "$out/torch.log" | grep -v '^layer'
 echo "torch wall time $((SECONDS - start)) s (quantize + evaluate)"
 
-echo "== gptq-rs"
-rm -rf "$out/w3g128-asym"
-target/release/gptq quantize --model "$model" --calib "$calib" --out "$out/w3g128-asym" \
-  --bits 3 --group-size 128 --asym --threads 2 --report "$out/w3g128-asym.json" 2>&1 \
-  | tr '\r' '\n' | grep -E '^(quantized|time:|peak)'
-target/release/gptq eval --model "$out/w3g128-asym" --text "$text" --windows 40 | grep perplexity
+# gptq-rs in the same organisation as PyTorch; after the reference's default organisation, also
+# in gptq-rs's own default (true-sequential), which is what a user runs.
+runs=("${order[*]}")
+if [[ ${#order[@]} -gt 0 ]]; then
+  runs+=("")
+fi
+for flags in "${runs[@]}"; do
+  name=w3g128-asym${flags:+-no-true-sequential}
+  echo "== gptq-rs ${flags:-(true-sequential)}"
+  rm -rf "${out:?}/$name"
+  # shellcheck disable=SC2086 # $flags is empty or one flag
+  target/release/gptq quantize --model "$model" --calib "$calib" --out "$out/$name" \
+    --bits 3 --group-size 128 --asym --threads 2 $flags --report "$out/$name.json" 2>&1 \
+    | tr '\r' '\n' | grep -E '^(quantized|time:|peak)'
+  target/release/gptq eval --model "$out/$name" --text "$text" --windows 40 | grep perplexity
+done

@@ -10,7 +10,9 @@
 implementation organises the work: capture the inputs of decoder layer 0; for each layer and each
 true-sequential group (q/k/v, o, gate/up, down), run the whole layer over every calibration window
 with hooks that accumulate H = 2/N Σ XᵀX, solve GPTQ for the group's linears and replace their
-weights by the dequantized result; then run the layer once more to feed the next one. It prints the
+weights by the dequantized result; then run the layer once more to feed the next one. With
+--no-true-sequential all seven linears form one group, as in the reference's default: one hooked
+pass over the layer's full-precision weights, then the pass that feeds the next layer. It prints the
 time split (layer forward passes, Hessian accumulation inside them, solving) and, with --text, the
 perplexity of the quantized model on the first --windows windows (exp of the mean token NLL).
 
@@ -242,7 +244,8 @@ def run_pipeline(args):
         inputs, kwargs = layer0_inputs(model, windows)
         for index, layer in enumerate(model.model.layers):
             t_layer = time.perf_counter()
-            for names in SEQUENTIAL_GROUPS:
+            groups = SEQUENTIAL_GROUPS if args.true_sequential else [sum(SEQUENTIAL_GROUPS, [])]
+            for names in groups:
                 linears = {n: layer.get_submodule(n) for n in names}
                 hessians = {n: torch.zeros(m.in_features, m.in_features) for n, m in linears.items()}
                 hook_s = [0.0]
@@ -320,6 +323,8 @@ def main():
     pipe.add_argument("--windows", type=int, default=40)
     pipe.add_argument("--seqlen", type=int, default=512)
     pipe.add_argument("--threads", type=int, default=2)
+    pipe.add_argument("--no-true-sequential", dest="true_sequential", action="store_false",
+                      help="one group of all linears per layer (the reference's default)")
     lay = sub.choices["layer"]
     lay.add_argument("--rows", type=int, default=4096)
     lay.add_argument("--cols", type=int, default=4096)

@@ -168,11 +168,19 @@ pub fn quantize_model<B: Backend>(
         let t = Instant::now();
         let mut layer = checkpoint.load_layer(index)?;
         let mut forward = t.elapsed().as_secs_f64();
+        // Nothing reads the last layer's output (the pipeline stops before the final norm).
+        let last = index + 1 == layers;
         if options.true_sequential {
+            let output = if last {
+                LayerOutput::Unused
+            } else {
+                LayerOutput::Needed
+            };
             run_stages(
                 &mut layer,
                 &mut batches,
                 par,
+                output,
                 &mut forward,
                 &mut |ids, inputs, lens, layer| {
                     let hessian = run.hessian(inputs, lens)?;
@@ -180,12 +188,15 @@ pub fn quantize_model<B: Backend>(
                 },
             )?;
         } else {
-            let original = batches.clone();
+            let original = (!last).then(|| batches.clone());
             let mut hessians = Vec::new();
+            // This pass, with full-precision weights, only feeds the Hessians; the output comes
+            // from the pass below with the quantized weights.
             run_stages(
                 &mut layer,
                 &mut batches,
                 par,
+                LayerOutput::Unused,
                 &mut forward,
                 &mut |ids, inputs, lens, _| {
                     hessians.push((ids, run.hessian(inputs, lens)?));
@@ -195,17 +206,19 @@ pub fn quantize_model<B: Backend>(
             for (ids, hessian) in &hessians {
                 run.quantize(&mut layer, ids, hessian, progress)?;
             }
-            let t = Instant::now();
-            batches = original
-                .into_iter()
-                .map(|b| {
-                    Ok(Batch {
-                        hidden: forward_layer(&layer, b.hidden.view(), &b.lens, par)?,
-                        lens: b.lens,
+            if let Some(original) = original {
+                let t = Instant::now();
+                batches = original
+                    .into_iter()
+                    .map(|b| {
+                        Ok(Batch {
+                            hidden: forward_layer(&layer, b.hidden.view(), &b.lens, par)?,
+                            lens: b.lens,
+                        })
                     })
-                })
-                .collect::<Result<_>>()?;
-            forward += t.elapsed().as_secs_f64();
+                    .collect::<Result<_>>()?;
+                forward += t.elapsed().as_secs_f64();
+            }
         }
         run.times.calibration_forward += forward;
         progress.event(Event::Advance(1));
@@ -318,13 +331,24 @@ impl<B: Backend> Run<'_, B> {
 type OnGroup<'a> = dyn FnMut(&'static [LinearId], &[Array2<f32>], &[&[usize]], &mut DecoderLayer) -> Result<()>
     + 'a;
 
+/// Whether a [`run_stages`] caller reads the layer's output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerOutput {
+    /// `batches` must end up holding the layer's output.
+    Needed,
+    /// Stop after the last group's input: `down_proj`'s product (a fifth of the layer's work)
+    /// is skipped and `batches` are left holding an intermediate sum.
+    Unused,
+}
+
 /// Runs one decoder layer stage by stage over all batches, calling `on_group` with the input
-/// of each group of linears before that group is used; `batches` end up holding the layer's
-/// output. Time spent outside `on_group` is added to `forward`.
+/// of each group of linears before that group is used; with [`LayerOutput::Needed`], `batches`
+/// end up holding the layer's output. Time spent outside `on_group` is added to `forward`.
 fn run_stages(
     layer: &mut DecoderLayer,
     batches: &mut [Batch],
     par: faer::Par,
+    output: LayerOutput,
     forward: &mut f64,
     on_group: &mut OnGroup<'_>,
 ) -> Result<()> {
@@ -390,6 +414,9 @@ fn run_stages(
     })?;
     drop(normed);
     on_group(LinearId::Down.input_group(), &inner, &lens, layer)?;
+    if output == LayerOutput::Unused {
+        return Ok(());
+    }
 
     timed(forward, &mut || {
         for (b, m) in batches.iter_mut().zip(&inner) {

@@ -5,13 +5,14 @@ use std::path::Path;
 
 use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator, QuantConfig};
 use gptq_model::testing::{TempDir, Tiny};
-use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, rms_norm_par};
+use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par};
 use gptq_pipeline::{
     CalibrationSource, PipelineOptions, QuantizedModel, Silent, WriteOptions, quantize_model,
     write_checkpoint,
 };
 use gptq_quant::{CheckpointFormat, unpack};
 use gptq_solver::{CpuBackend, Gptq};
+use ndarray::Array2;
 
 const TINY: Tiny = Tiny {
     model_type: "llama",
@@ -45,6 +46,29 @@ fn options(bits: u8, group: usize, symmetric: bool) -> PipelineOptions {
     options.batch_sequences = 3;
     options.threads = 1;
     options
+}
+
+/// The calibration samples of [`run`] embedded, in its batches of three: (hidden, lens).
+fn embedded_batches(checkpoint: &Checkpoint) -> Vec<(Array2<f32>, Vec<usize>)> {
+    let table = checkpoint.load_embedding().unwrap();
+    samples(7, 24)
+        .chunks(3)
+        .map(|g| (embed(table.view(), &g.concat()).unwrap(), vec![24; g.len()]))
+        .collect()
+}
+
+/// The Hessian of `inputs`, one per batch of `batches`, as the pipeline accumulates it.
+fn hessian_of<B: Backend>(
+    gptq: &Gptq<&B>,
+    inputs: &[Array2<f32>],
+    batches: &[(Array2<f32>, Vec<usize>)],
+) -> B::Hessian {
+    let mut acc = gptq.accumulator(inputs[0].ncols()).unwrap();
+    for (x, (_, lens)) in inputs.iter().zip(batches) {
+        acc.add_batch(&ActivationBatch::new(x.view()).sequences(lens.len()))
+            .unwrap();
+    }
+    acc.finish().unwrap()
 }
 
 fn run(dir: &Path, options: &PipelineOptions) -> (Checkpoint, QuantizedModel) {
@@ -123,21 +147,10 @@ fn each_group_is_solved_against_the_inputs_the_quantized_layer_produces() {
     // Recompute layer 0 by hand: q/k/v from the normed embeddings, o from the attention of the
     // already quantized q/k/v.
     let layer0 = checkpoint.load_layer(0).unwrap();
-    let table = checkpoint.load_embedding().unwrap();
-    let batches: Vec<(ndarray::Array2<f32>, Vec<usize>)> = samples(7, 24)
-        .chunks(3)
-        .map(|g| (embed(table.view(), &g.concat()).unwrap(), vec![24; g.len()]))
-        .collect();
+    let batches = embedded_batches(&checkpoint);
     let backend = CpuBackend::with_threads(1);
     let gptq = Gptq::new(&backend, options.config.clone()).with_options(options.solve);
-    let hessian = |inputs: &[ndarray::Array2<f32>]| {
-        let mut acc = gptq.accumulator(inputs[0].ncols()).unwrap();
-        for (x, (_, lens)) in inputs.iter().zip(&batches) {
-            acc.add_batch(&ActivationBatch::new(x.view()).sequences(lens.len()))
-                .unwrap();
-        }
-        acc.finish().unwrap()
-    };
+    let hessian = |inputs: &[Array2<f32>]| hessian_of(&gptq, inputs, &batches);
     let eps = layer0.shape.rms_norm_eps;
     let normed: Vec<_> = batches
         .iter()
@@ -183,6 +196,50 @@ fn each_group_is_solved_against_the_inputs_the_quantized_layer_produces() {
         ours.tensor.codes()
     );
     assert_eq!(gptq.backend().name(), "cpu");
+}
+
+#[test]
+fn the_next_layer_is_calibrated_on_the_quantized_layers_output() {
+    for true_sequential in [true, false] {
+        let source = TINY.write(6);
+        let mut options = options(4, 32, true);
+        options.true_sequential = true_sequential;
+        let (checkpoint, model) = run(source.path(), &options);
+        // Layer 0 with the weights the pipeline chose for it.
+        let mut layer0 = checkpoint.load_layer(0).unwrap();
+        for linear in model.linears.iter().filter(|l| l.layer == 0) {
+            let weight = unpack(&linear.packed).unwrap().dequantize();
+            layer0.linear_mut(linear.id).set_weight(weight).unwrap();
+        }
+        let batches = embedded_batches(&checkpoint);
+        let layer1 = checkpoint.load_layer(1).unwrap();
+        let normed: Vec<_> = batches
+            .iter()
+            .map(|(x, lens)| {
+                let h = forward_layer(&layer0, x.view(), lens, Par::Seq).unwrap();
+                let (norm, eps) = (&layer1.input_layernorm, layer1.shape.rms_norm_eps);
+                rms_norm_par(h.view(), norm.view(), eps, Par::Seq).unwrap()
+            })
+            .collect();
+        let backend = CpuBackend::with_threads(1);
+        let gptq = Gptq::new(&backend, options.config.clone()).with_options(options.solve);
+        let h_qkv = hessian_of(&gptq, &normed, &batches);
+        for id in [LinearId::Q, LinearId::K, LinearId::V] {
+            let ours = gptq
+                .quantize_with_grid(layer1.linear(id).weight.view(), &h_qkv, &options.grid())
+                .unwrap();
+            let pipeline = model
+                .linears
+                .iter()
+                .find(|l| l.layer == 1 && l.id == id)
+                .unwrap();
+            assert_eq!(
+                unpack(&pipeline.packed).unwrap().codes(),
+                ours.tensor.codes(),
+                "{id}, true_sequential = {true_sequential}"
+            );
+        }
+    }
 }
 
 #[test]
