@@ -305,39 +305,29 @@ fn transpose_into<S: Element, T: SumFloat>(
     let data = x.as_slice().expect("standard layout");
     let column_tile = |(tile, columns): (usize, &mut [T])| {
         let (j0, width) = (tile * TILE, columns.len() / stride);
-        match (S::as_f32(data), T::as_f32_mut(columns)) {
-            (Some(data), Some(dst)) => {
-                let sel = Selection {
-                    data,
-                    n,
-                    j0,
-                    width,
-                    tokens,
-                };
-                transpose::gather(
-                    sel,
-                    ColumnTile {
-                        dst,
-                        stride,
-                        offset,
-                    },
-                );
-            }
-            _ => {
-                let sel = Selection {
-                    data,
-                    n,
-                    j0,
-                    width,
-                    tokens,
-                };
-                let dst = ColumnTile {
-                    dst: columns,
+        let sel = Selection {
+            data,
+            n,
+            j0,
+            width,
+            tokens,
+        };
+        if let (Some(data), Some(dst)) = (S::as_f32(data), T::as_f32_mut(columns)) {
+            transpose::gather(
+                sel.with_data(data),
+                ColumnTile {
+                    dst,
                     stride,
                     offset,
-                };
-                transpose::gather_scalar(sel, dst, |v| T::from_f32(v.to_f32()));
-            }
+                },
+            );
+        } else {
+            let tile = ColumnTile {
+                dst: columns,
+                stride,
+                offset,
+            };
+            transpose::gather_scalar(sel, tile, |v| T::from_f32(v.to_f32()));
         }
     };
     match par {

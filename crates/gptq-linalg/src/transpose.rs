@@ -17,6 +17,19 @@ pub(crate) struct Selection<'a, S> {
     pub tokens: &'a [usize],
 }
 
+impl<'a, S> Selection<'a, S> {
+    /// The same rows and columns of `data`, another view of the same matrix.
+    pub fn with_data<U>(self, data: &'a [U]) -> Selection<'a, U> {
+        Selection {
+            data,
+            n: self.n,
+            j0: self.j0,
+            width: self.width,
+            tokens: self.tokens,
+        }
+    }
+}
+
 /// Where to write: column `jj` of the selection, token `t` at `dst[jj * stride + offset + t]`.
 pub(crate) struct ColumnTile<'a, T> {
     pub dst: &'a mut [T],

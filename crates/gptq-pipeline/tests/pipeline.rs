@@ -71,6 +71,16 @@ fn hessian_of<B: Backend>(
     acc.finish().unwrap()
 }
 
+/// The codes the pipeline chose for linear `id` of decoder layer `layer`.
+fn codes_of(model: &QuantizedModel, layer: usize, id: LinearId) -> Array2<u8> {
+    let linear = model
+        .linears
+        .iter()
+        .find(|l| l.layer == layer && l.id == id)
+        .unwrap();
+    unpack(&linear.packed).unwrap().codes().to_owned()
+}
+
 fn run(dir: &Path, options: &PipelineOptions) -> (Checkpoint, QuantizedModel) {
     let checkpoint = Checkpoint::open(dir).unwrap();
     let model = quantize_model(
@@ -163,16 +173,7 @@ fn each_group_is_solved_against_the_inputs_the_quantized_layer_produces() {
         let ours = gptq
             .quantize_with_grid(layer0.linear(id).weight.view(), &h_qkv, &grid)
             .unwrap();
-        let pipeline = model
-            .linears
-            .iter()
-            .find(|l| l.layer == 0 && l.id == id)
-            .unwrap();
-        assert_eq!(
-            unpack(&pipeline.packed).unwrap().codes(),
-            ours.tensor.codes(),
-            "{id}"
-        );
+        assert_eq!(codes_of(&model, 0, id), ours.tensor.codes(), "{id}");
         quantized
             .linear_mut(id)
             .set_weight(ours.tensor.dequantize())
@@ -186,15 +187,7 @@ fn each_group_is_solved_against_the_inputs_the_quantized_layer_produces() {
     let ours = gptq
         .quantize_with_grid(layer0.o_proj.weight.view(), &hessian(&attention), &grid)
         .unwrap();
-    let pipeline = model
-        .linears
-        .iter()
-        .find(|l| l.layer == 0 && l.id == LinearId::O)
-        .unwrap();
-    assert_eq!(
-        unpack(&pipeline.packed).unwrap().codes(),
-        ours.tensor.codes()
-    );
+    assert_eq!(codes_of(&model, 0, LinearId::O), ours.tensor.codes());
     assert_eq!(gptq.backend().name(), "cpu");
 }
 
@@ -228,13 +221,8 @@ fn the_next_layer_is_calibrated_on_the_quantized_layers_output() {
             let ours = gptq
                 .quantize_with_grid(layer1.linear(id).weight.view(), &h_qkv, &options.grid())
                 .unwrap();
-            let pipeline = model
-                .linears
-                .iter()
-                .find(|l| l.layer == 1 && l.id == id)
-                .unwrap();
             assert_eq!(
-                unpack(&pipeline.packed).unwrap().codes(),
+                codes_of(&model, 1, id),
                 ours.tensor.codes(),
                 "{id}, true_sequential = {true_sequential}"
             );
