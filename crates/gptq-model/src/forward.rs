@@ -91,7 +91,8 @@ pub fn attention_core(
     let ks = k.as_slice().expect("fresh array");
     let vs = v.as_slice().expect("fresh array");
     let width = s.q_width();
-    let mut out = crate::pool::zeros(q.nrows(), width);
+    // Every (sequence, head) task below writes its whole block, so no zero fill is needed.
+    let mut out = crate::pool::scratch(q.nrows(), width);
     let dst = OutPtr(out.as_mut_ptr());
     let run = |&(i, h): &(usize, usize)| {
         let geo = HeadGeometry {
@@ -287,7 +288,7 @@ where
         ids: LinearId::O.input_group(),
         input: attn.view(),
     })?;
-    let mut h = crate::pool::zeros(x.nrows(), x.ncols());
+    let mut h = crate::pool::scratch(x.nrows(), x.ncols());
     h.assign(&x);
     layer.o_proj.forward_add(attn.view(), &mut h, par)?;
     recycle(attn);

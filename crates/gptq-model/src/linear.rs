@@ -99,10 +99,11 @@ impl Linear {
     /// `x · Wᵀ + b` for `x` of shape `[tokens, in_features]`.
     pub fn forward(&self, x: ArrayView2<'_, f32>, par: Par) -> Result<Array2<f32>> {
         self.check_input(&x)?;
-        let mut out = crate::pool::zeros(x.nrows(), self.out_features());
+        // Overwritten whole: by the product (`Accum::Replace`) or by the bias it accumulates onto.
+        let mut out = crate::pool::scratch(x.nrows(), self.out_features());
         if let Some(b) = &self.bias {
             // Start from the bias so that the product accumulates onto it in one pass.
-            out += b;
+            out.assign(b);
         }
         matmul_xwt(
             out.view_mut(),

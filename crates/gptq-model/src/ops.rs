@@ -75,7 +75,8 @@ pub fn rms_norm_par(
     }
     let x = x.as_standard_layout();
     let w = weight.to_vec();
-    let mut out = crate::pool::zeros(x.nrows(), x.ncols());
+    // Every row is written below (an empty array has nothing to write).
+    let mut out = crate::pool::scratch(x.nrows(), x.ncols());
     if h == 0 || x.nrows() == 0 {
         return Ok(out);
     }

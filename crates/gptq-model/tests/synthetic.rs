@@ -619,17 +619,39 @@ fn perplexity_protocol_windows() {
 
 #[test]
 fn recycled_buffers_do_not_change_results() {
-    let tiny = Tiny::default();
-    let dir = tiny.write(9);
-    let layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
-    // Big enough (> 1 MiB per temporary) for the pool to keep the buffers.
-    let x = random_input(9000, tiny.hidden, 4);
-    let lens = [100; 90];
-    let first = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
-    let second = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
-    assert_eq!(first, second);
-    gptq_model::set_buffer_pool_limit(0);
-    let third = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
-    gptq_model::set_buffer_pool_limit(512 << 20);
-    assert_eq!(first, third);
+    // qwen2 has q/k/v biases: the bias-first path of `Linear::forward` is covered too.
+    for model_type in ["llama", "qwen2"] {
+        let tiny = Tiny {
+            model_type,
+            ..Tiny::default()
+        };
+        let dir = tiny.write(9);
+        let layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+        // Big enough (> 1 MiB per temporary) for the pool to keep the buffers.
+        let x = random_input(9000, tiny.hidden, 4);
+        let lens = [100; 90];
+        let first = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+        let second = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+        assert_eq!(first, second);
+        // Temporaries are taken from the pool without zeroing: stale NaNs of every width a
+        // layer uses must be overwritten, never read.
+        for cols in [
+            tiny.hidden,
+            tiny.inter,
+            tiny.hidden / tiny.heads * tiny.kv_heads,
+        ] {
+            for _ in 0..4 {
+                gptq_model::recycle_buffer(Array2::from_elem((9000, cols), f32::NAN));
+            }
+        }
+        let stale = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+        assert_eq!(
+            first, stale,
+            "{model_type}: stale pool contents leaked into the output"
+        );
+        gptq_model::set_buffer_pool_limit(0);
+        let third = forward_layer(&layer, x.view(), &lens, Par::Seq).unwrap();
+        gptq_model::set_buffer_pool_limit(512 << 20);
+        assert_eq!(first, third);
+    }
 }
