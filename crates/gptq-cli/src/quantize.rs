@@ -1,14 +1,14 @@
 //! `gptq quantize`: a model directory in, a GPTQ checkpoint out.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::ValueEnum;
 use gptq_core::{Backend, GroupSize, HessianPrecision, QuantConfig};
 use gptq_model::Checkpoint;
 use gptq_pipeline::{
-    CalibrationSource, PipelineOptions, RunReport, Totals, WriteOptions, peak_memory_bytes,
-    quantization_config, quantize_model, write_checkpoint,
+    CalibrationSource, PipelineOptions, RunReport, Totals, WriteOptions, check_output,
+    peak_memory_bytes, quantization_config, quantize_model, write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -175,6 +175,15 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     let mut bars = Bars::new();
     let checkpoint = Checkpoint::open(&args.model).map_err(|e| e.to_string())?;
     gptq_pipeline::check_model(&checkpoint, options).map_err(|e| e.to_string())?;
+    let write = WriteOptions {
+        max_shard_bytes: args.max_shard_mib.max(1) << 20,
+        overwrite: args.overwrite,
+    };
+    // Mistakes in where the results go surface now, not after the whole run.
+    check_output(&checkpoint, &args.out, &write).map_err(|e| e.to_string())?;
+    if let Some(path) = &args.report {
+        check_report_path(path)?;
+    }
 
     let bar = bars.start("loading calibration data", 1);
     let t = Instant::now();
@@ -203,10 +212,6 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
 
     let bar = bars.start("writing checkpoint", 1);
     let t = Instant::now();
-    let write = WriteOptions {
-        max_shard_bytes: args.max_shard_mib.max(1) << 20,
-        overwrite: args.overwrite,
-    };
     let files = write_checkpoint(&checkpoint, &model, options, &args.out, &write)
         .map_err(|e| e.to_string())?;
     model.times.write = t.elapsed().as_secs_f64();
@@ -259,4 +264,23 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
             .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// The report is written last, so its path is checked first: an existing directory, or a
+/// parent that does not exist, would otherwise fail after the checkpoint is written.
+fn check_report_path(path: &Path) -> CliResult {
+    if path.is_dir() {
+        return Err(format!(
+            "--report {} is a directory: name a file such as run.json",
+            path.display()
+        ));
+    }
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => Err(format!(
+            "--report {}: the directory {} does not exist; create it or choose another path",
+            path.display(),
+            parent.display()
+        )),
+        _ => Ok(()),
+    }
 }

@@ -230,3 +230,50 @@ fn user_errors_end_with_one_line_that_names_the_fix() {
     let bad = gptq(&["quantize", "--bogus"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn mistakes_in_where_results_go_fail_before_any_work() {
+    let model = gptq_model::testing::Tiny::default().write(11);
+    let dir = scratch("early");
+    let d = dir.to_str().unwrap();
+    let m = model.path().to_str().unwrap();
+    // The calibration file does not exist, so an error about the output shows that the output
+    // was checked before calibration started.
+    let quantize = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "quantize",
+            "--model",
+            m,
+            "--calib",
+            "missing-calibration.txt",
+            "--out",
+            out,
+            "--group-size",
+            "16",
+        ];
+        args.extend_from_slice(extra);
+        gptq(&args)
+    };
+    one_line_error(&quantize(&format!("{d}/fresh"), &[]), "missing-calibration");
+
+    std::fs::create_dir(dir.join("existing")).unwrap();
+    one_line_error(&quantize(&format!("{d}/existing"), &[]), "--overwrite");
+    std::fs::write(dir.join("file"), "x").unwrap();
+    one_line_error(&quantize(&format!("{d}/file/q"), &[]), "is not a directory");
+    one_line_error(&quantize(&format!("{m}/q"), &[]), "source model");
+    let report = format!("{d}/nowhere/run.json");
+    one_line_error(
+        &quantize(&format!("{d}/fresh"), &["--report", &report]),
+        "does not exist",
+    );
+    one_line_error(
+        &quantize(&format!("{d}/fresh"), &["--report", d]),
+        "is a directory",
+    );
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["existing", "file"], "nothing else was created");
+}

@@ -30,4 +30,4 @@ pub use options::PipelineOptions;
 pub use progress::{Event, Progress, Silent};
 pub use quantize::{QuantizedLinear, QuantizedModel, check_model, quantize_model};
 pub use report::{ModuleReport, RunReport, StageTimes, Totals, peak_memory_bytes};
-pub use writer::{TOOL, WriteOptions, quantization_config, write_checkpoint};
+pub use writer::{TOOL, WriteOptions, check_output, quantization_config, write_checkpoint};

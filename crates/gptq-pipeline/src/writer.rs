@@ -135,15 +135,13 @@ pub fn quantization_config(options: &PipelineOptions) -> Value {
     })
 }
 
-/// Writes the checkpoint of `model` (quantized from `source`) to `out`; returns the files
-/// written.
-pub fn write_checkpoint(
-    source: &Checkpoint,
-    model: &QuantizedModel,
-    options: &PipelineOptions,
-    out: &Path,
-    write: &WriteOptions,
-) -> Result<Vec<PathBuf>> {
+/// Checks that `out` can receive the checkpoint of `source`, before any work is done: it does
+/// not exist (unless `write.overwrite`), it lies neither inside nor around the source model, and
+/// its nearest existing ancestor is a directory this process can create entries in.
+///
+/// [`write_checkpoint`] checks again at the end; calling this first turns a mistake in `--out`
+/// into an error in the first second instead of after the whole quantization run.
+pub fn check_output(source: &Checkpoint, out: &Path, write: &WriteOptions) -> Result<()> {
     if out.exists() && !write.overwrite {
         return Err(PipelineError::Invalid(format!(
             "{} already exists: choose another --out, or pass --overwrite to replace it",
@@ -161,6 +159,41 @@ pub fn write_checkpoint(
     let name = out.file_name().ok_or_else(|| {
         PipelineError::Invalid(format!("{} is not a directory name", out.display()))
     })?;
+    let ancestor = out_abs
+        .ancestors()
+        .skip(1)
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("."));
+    if !ancestor.is_dir() {
+        return Err(PipelineError::Invalid(format!(
+            "{} is not a directory, so {} cannot be created in it: choose another --out",
+            ancestor.display(),
+            out.display()
+        )));
+    }
+    // Creating and removing an empty directory is the only portable way to learn whether the
+    // checkpoint's staging directory can be made there.
+    let probe = ancestor.join(format!(
+        ".{}.probe-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    std::fs::create_dir(&probe).map_err(PipelineError::write(ancestor))?;
+    std::fs::remove_dir(&probe).map_err(PipelineError::write(&probe))
+}
+
+/// Writes the checkpoint of `model` (quantized from `source`) to `out`; returns the files
+/// written.
+pub fn write_checkpoint(
+    source: &Checkpoint,
+    model: &QuantizedModel,
+    options: &PipelineOptions,
+    out: &Path,
+    write: &WriteOptions,
+) -> Result<Vec<PathBuf>> {
+    check_output(source, out, write)?;
+    let out_abs = absolute(out);
+    let name = out.file_name().unwrap_or_default();
     let parent = out_abs
         .parent()
         .map(Path::to_path_buf)
