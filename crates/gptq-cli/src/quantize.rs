@@ -67,7 +67,8 @@ pub struct Args {
     /// Fit every group's grid before the solve.
     #[arg(long)]
     static_groups: bool,
-    /// Damping, as a fraction of the mean Hessian diagonal.
+    /// Damping, as a fraction in [0, 1) of the mean Hessian diagonal (0.01 is 1%). Raised
+    /// tenfold, with a warning, for a linear whose Hessian is singular at this damping.
     #[arg(long, default_value_t = 0.01)]
     damp: f64,
     /// Calibration sequences.
@@ -194,16 +195,8 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     let calibration_load = t.elapsed().as_secs_f64();
     bar.inc(1);
     bars.finish();
-    if samples.len() < args.nsamples {
-        gptq_pipeline::Progress::event(
-            &mut bars,
-            gptq_pipeline::Event::Warning(format!(
-                "{} holds {} calibration samples, fewer than --nsamples {}",
-                args.calib.display(),
-                samples.len(),
-                args.nsamples
-            )),
-        );
+    for warning in calibration_warnings(args, &source, &samples) {
+        gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
     }
 
     let mut model = quantize_model(&checkpoint, &samples, backend, options, &mut bars)
@@ -264,6 +257,35 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
             .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// What differs from what the flags asked for: fewer samples than `--nsamples`, or token-id
+/// windows shorter than `--seqlen` (used as they are; texts are cut to `--seqlen` and a JSONL
+/// text shorter than it is expected, so only the token-id file gets this warning).
+fn calibration_warnings(
+    args: &Args,
+    source: &CalibrationSource,
+    samples: &[Vec<u32>],
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if samples.len() < args.nsamples {
+        warnings.push(format!(
+            "{} holds {} calibration samples, fewer than --nsamples {}",
+            args.calib.display(),
+            samples.len(),
+            args.nsamples
+        ));
+    }
+    let longest = samples.iter().map(Vec::len).max().unwrap_or(0);
+    if matches!(source, CalibrationSource::TokenIds { .. }) && longest < args.seqlen {
+        warnings.push(format!(
+            "the windows of {} hold at most {longest} tokens, fewer than --seqlen {}: they are \
+             used as they are",
+            args.calib.display(),
+            args.seqlen
+        ));
+    }
+    warnings
 }
 
 /// The report is written last, so its path is checked first: an existing directory, or a

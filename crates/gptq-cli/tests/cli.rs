@@ -226,6 +226,20 @@ fn user_errors_end_with_one_line_that_names_the_fix() {
         ]),
         "group size 0",
     );
+    one_line_error(
+        &gptq(&[
+            "quantize",
+            "--model",
+            &format!("{d}/gpt2"),
+            "--calib",
+            "c.txt",
+            "--out",
+            &format!("{d}/o"),
+            "--damp",
+            "2",
+        ]),
+        "2% is 0.02",
+    );
     // Flags clap rejects exit non-zero with its usage message.
     let bad = gptq(&["quantize", "--bogus"]);
     assert!(!bad.status.success());
@@ -276,4 +290,44 @@ fn mistakes_in_where_results_go_fail_before_any_work() {
         .collect();
     left.sort();
     assert_eq!(left, ["existing", "file"], "nothing else was created");
+}
+
+#[test]
+fn calibration_that_falls_short_of_the_flags_is_warned_about() {
+    let model = gptq_model::testing::Tiny::default().write(12);
+    let dir = scratch("short-calib");
+    let calib = dir.join("windows.json");
+    std::fs::write(
+        &calib,
+        r#"{"windows": [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]}"#,
+    )
+    .unwrap();
+    let out = dir.join("q");
+    let run = gptq(&[
+        "quantize",
+        "--model",
+        model.path().to_str().unwrap(),
+        "--calib",
+        calib.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--group-size",
+        "16",
+        "--nsamples",
+        "3",
+        "--seqlen",
+        "16",
+        "--damp",
+        "0",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let err = stderr(&run);
+    for expected in [
+        "holds 2 calibration samples, fewer than --nsamples 3",
+        "hold at most 8 tokens, fewer than --seqlen 16",
+        "damping was raised above damp_percent 0 for 14 of 14 linears",
+    ] {
+        assert!(err.contains(expected), "no `{expected}` in:\n{err}");
+    }
+    assert!(out.join("config.json").is_file());
 }

@@ -212,9 +212,13 @@ impl QuantConfig {
                 "static groups need a group size; per-channel grids are always static".into(),
             ));
         }
-        if !(self.damp_percent.is_finite() && self.damp_percent >= 0.0) {
+        // A fraction, not a percentage despite the reference's name: 2 would add twice the mean
+        // diagonal and quietly turn GPTQ into little more than rounding. The reference refuses
+        // values outside (0, 1); 0 is allowed here and retried with damping when H is singular.
+        if !(self.damp_percent.is_finite() && (0.0..1.0).contains(&self.damp_percent)) {
             return Err(GptqError::InvalidConfig(format!(
-                "damp_percent must be a finite fraction >= 0 (the reference uses 0.01), got {}",
+                "damp_percent is a fraction of the mean Hessian diagonal and must be in [0, 1) \
+                 (the reference uses 0.01; 2% is 0.02), got {}",
                 self.damp_percent
             )));
         }
@@ -298,6 +302,8 @@ mod tests {
                 .build(),
             QuantConfig::builder().damp_percent(f64::NAN).build(),
             QuantConfig::builder().damp_percent(-0.1).build(),
+            QuantConfig::builder().damp_percent(1.0).build(),
+            QuantConfig::builder().damp_percent(2.0).build(),
             QuantConfig::builder().block_size(0).build(),
             QuantConfig::builder()
                 .group_size(GroupSize::PerChannel)

@@ -224,6 +224,11 @@ pub fn quantize_model<B: Backend>(
         progress.event(Event::Advance(1));
     }
     progress.event(Event::StageDone);
+    let mut warnings = warnings;
+    if let Some(w) = raised_damping(&run.modules, options.config.damp_percent()) {
+        progress.event(Event::Warning(w.clone()));
+        warnings.push(w);
+    }
     Ok(QuantizedModel {
         linears: run.linears,
         modules: run.modules,
@@ -231,6 +236,27 @@ pub fn quantize_model<B: Backend>(
         format: run.format,
         warnings,
         tokens: samples.iter().map(Vec::len).sum(),
+    })
+}
+
+/// A warning when some linears needed more damping than asked for: their Hessians were singular
+/// (too few calibration tokens for their width, or `damp_percent` 0), so they were solved with a
+/// different damping than the checkpoint's `damp_percent` records.
+fn raised_damping(modules: &[ModuleReport], asked: f64) -> Option<String> {
+    let raised: Vec<f64> = modules
+        .iter()
+        .map(|m| m.damp_percent)
+        .filter(|&d| d > asked)
+        .collect();
+    let most = raised.iter().copied().fold(f64::NAN, f64::max);
+    (!raised.is_empty()).then(|| {
+        format!(
+            "damping was raised above damp_percent {asked} for {} of {} linears (up to {most}) \
+             because their Hessians were not positive definite: calibrate on more tokens, or \
+             ask for that damping; the report lists each linear's damp_percent",
+            raised.len(),
+            modules.len()
+        )
     })
 }
 

@@ -462,3 +462,44 @@ fn calibration_sources_are_checked() {
         .unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+#[test]
+fn damping_raised_past_the_request_is_reported() {
+    let source = TINY.write(9);
+    let checkpoint = Checkpoint::open(source.path()).unwrap();
+    let backend = CpuBackend::with_threads(1);
+    // Eight tokens give Hessians of rank at most 8 for 64- and 96-column inputs: singular.
+    let few = samples(1, 8);
+    let with_damping = |damp: f64| {
+        let mut options = options(4, 32, true);
+        options.config = QuantConfig::builder()
+            .group_size(GroupSize::Columns(32))
+            .damp_percent(damp)
+            .build()
+            .unwrap();
+        quantize_model(&checkpoint, &few, &backend, &options, &mut Silent).unwrap()
+    };
+    let undamped = with_damping(0.0);
+    let raised = undamped
+        .modules
+        .iter()
+        .filter(|m| m.damp_percent > 0.0)
+        .count();
+    assert_eq!(raised, undamped.modules.len());
+    let warning = undamped
+        .warnings
+        .iter()
+        .find(|w| w.contains("damping was raised"))
+        .expect("a warning about the raised damping");
+    assert!(
+        warning.contains(&format!("{raised} of {raised} linears")),
+        "{warning}"
+    );
+    let damped = with_damping(0.01);
+    assert!(damped.modules.iter().all(|m| m.damp_percent == 0.01));
+    assert!(
+        !damped.warnings.iter().any(|w| w.contains("damping")),
+        "{:?}",
+        damped.warnings
+    );
+}
