@@ -67,6 +67,9 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
     let total = gptq_model::eval_windows(&tokens, args.seqlen, args.windows)
         .map_err(|e| e.to_string())?
         .len() as u64;
+    for warning in window_warnings(args, &checkpoint, total as usize) {
+        gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
+    }
     let bar = bars.start("evaluating windows", total);
     let report = perplexity(&model, &tokens, &options, |done, _| {
         bar.set_position(done as u64)
@@ -87,4 +90,22 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
     );
     println!("perplexity {:.4}", report.perplexity);
     Ok(())
+}
+
+/// What differs from what the flags asked for: fewer windows in the text than `--windows`, or
+/// windows longer than the model's trained context.
+fn window_warnings(args: &Args, checkpoint: &Checkpoint, windows: usize) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let Some(asked) = args.windows
+        && windows < asked
+    {
+        warnings.push(format!(
+            "{} holds {windows} windows of {} tokens, fewer than --windows {asked}: evaluating \
+             those",
+            args.text.display(),
+            args.seqlen
+        ));
+    }
+    warnings.extend(checkpoint.config().context_warning(args.seqlen));
+    warnings
 }

@@ -195,7 +195,12 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     let calibration_load = t.elapsed().as_secs_f64();
     bar.inc(1);
     bars.finish();
-    for warning in calibration_warnings(args, &source, &samples) {
+    let longest = samples.iter().map(Vec::len).max().unwrap_or(0);
+    let too_long = checkpoint.config().context_warning(longest);
+    for warning in calibration_warnings(args, &source, &samples)
+        .into_iter()
+        .chain(too_long)
+    {
         gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
     }
 

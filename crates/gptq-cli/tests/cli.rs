@@ -171,6 +171,32 @@ fn quantize_reload_and_evaluate_smollm2() {
         "{}",
         stderr(&e)
     );
+
+    // A text with fewer windows than asked for: evaluated, with a warning.
+    let few = dir.join("few.txt");
+    let head: String = std::fs::read_to_string(&text)
+        .unwrap()
+        .chars()
+        .take(3000)
+        .collect();
+    std::fs::write(&few, head).unwrap();
+    let e = gptq(&[
+        "eval",
+        "--model",
+        &s(model),
+        "--text",
+        &s(&few),
+        "--seqlen",
+        "128",
+        "--windows",
+        "50",
+    ]);
+    assert!(e.status.success(), "{}", stderr(&e));
+    assert!(
+        stderr(&e).contains("fewer than --windows 50: evaluating those"),
+        "{}",
+        stderr(&e)
+    );
 }
 
 fn one_line_error(out: &Output, needle: &str) {

@@ -63,6 +63,9 @@ pub struct ModelConfig {
     pub sliding_window: Option<usize>,
     /// `bos_token_id`, if given.
     pub bos_token_id: Option<u32>,
+    /// The longest sequence the model was trained for, if the config gives it: windows past it
+    /// run, but their predictions mean little.
+    pub max_position_embeddings: Option<usize>,
     /// The GPTQ `quantization_config`, for checkpoints that are already quantized.
     pub quantization: Option<crate::GptqQuantization>,
     /// The whole `config.json`, kept so that writers can add fields such as
@@ -187,6 +190,11 @@ impl ModelConfig {
             Architecture::Llama => None,
         };
         let bos_token_id = opt_usize(obj, "bos_token_id")?.map(|v| v as u32);
+        // Only informs warnings, so a value of another type is ignored rather than refused.
+        let max_position_embeddings = obj
+            .get("max_position_embeddings")
+            .and_then(Value::as_u64)
+            .map(|n| n as usize);
 
         for (field, v) in [
             ("hidden_size", hidden_size),
@@ -218,8 +226,21 @@ impl ModelConfig {
             mlp_bias,
             sliding_window,
             bos_token_id,
+            max_position_embeddings,
             quantization: crate::GptqQuantization::from_config(&raw)?,
             raw,
+        })
+    }
+
+    /// A warning when sequences of `tokens` tokens are longer than the model was trained for.
+    pub fn context_warning(&self, tokens: usize) -> Option<String> {
+        let limit = self.max_position_embeddings?;
+        (tokens > limit).then(|| {
+            format!(
+                "sequences of {tokens} tokens are longer than this model's \
+                 max_position_embeddings {limit}: positions past it were never trained, so \
+                 results there mean little; use a shorter --seqlen"
+            )
         })
     }
 

@@ -441,6 +441,24 @@ fn config_errors_name_the_fix() {
 }
 
 #[test]
+fn windows_past_the_trained_context_are_warned_about() {
+    let mut cfg = Tiny::default().config();
+    let config = gptq_model::ModelConfig::from_json(cfg.clone()).unwrap();
+    assert_eq!(config.context_warning(1 << 20), None, "no limit given");
+    cfg["max_position_embeddings"] = 8192.into();
+    let config = gptq_model::ModelConfig::from_json(cfg.clone()).unwrap();
+    assert_eq!(config.context_warning(8192), None);
+    let warning = config.context_warning(8193).unwrap();
+    assert!(
+        warning.contains("max_position_embeddings 8192"),
+        "{warning}"
+    );
+    // The field only informs warnings: a malformed one does not refuse the model.
+    cfg["max_position_embeddings"] = "long".into();
+    assert!(gptq_model::ModelConfig::from_json(cfg).is_ok());
+}
+
+#[test]
 fn tensor_errors_name_the_tensor() {
     let tiny = Tiny::default();
     let name = "model.layers.1.mlp.up_proj.weight";
