@@ -46,9 +46,9 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
         ));
     }
     let layers = checkpoint.config().num_hidden_layers as u64;
-    let loading = bars.start("loading model", layers);
+    bars.start("loading model", layers);
     let model = checkpoint.load_model().map_err(|e| e.to_string())?;
-    loading.set_position(layers);
+    bars.set_position(layers);
     bars.finish();
     let tokenizer = checkpoint.load_tokenizer().map_err(|e| e.to_string())?;
     let tokens = tokenizer
@@ -70,9 +70,9 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
     for warning in window_warnings(args, &checkpoint, total as usize) {
         gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
     }
-    let bar = bars.start("evaluating windows", total);
+    bars.start("evaluating windows", total);
     let report = perplexity(&model, &tokens, &options, |done, _| {
-        bar.set_position(done as u64)
+        bars.set_position(done as u64)
     })
     .map_err(|e| e.to_string())?;
     bars.finish();

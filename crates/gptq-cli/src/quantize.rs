@@ -186,14 +186,14 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
         check_report_path(path)?;
     }
 
-    let bar = bars.start("loading calibration data", 1);
+    bars.start("loading calibration data", 1);
     let t = Instant::now();
     let source = CalibrationSource::detect(&args.calib, args.seed);
     let samples = source
         .load(&checkpoint, args.nsamples, args.seqlen)
         .map_err(|e| e.to_string())?;
     let calibration_load = t.elapsed().as_secs_f64();
-    bar.inc(1);
+    bars.set_position(1);
     bars.finish();
     let longest = samples.iter().map(Vec::len).max().unwrap_or(0);
     let too_long = checkpoint.config().context_warning(longest);
@@ -208,12 +208,12 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
         .map_err(|e| e.to_string())?;
     model.times.calibration_load = calibration_load;
 
-    let bar = bars.start("writing checkpoint", 1);
+    bars.start("writing checkpoint", 1);
     let t = Instant::now();
     let files = write_checkpoint(&checkpoint, &model, options, &args.out, &write)
         .map_err(|e| e.to_string())?;
     model.times.write = t.elapsed().as_secs_f64();
-    bar.inc(1);
+    bars.set_position(1);
     bars.finish();
 
     let seconds = start.elapsed().as_secs_f64();

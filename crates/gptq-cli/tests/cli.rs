@@ -96,6 +96,12 @@ fn quantize_reload_and_evaluate_smollm2() {
         &s(&report),
     ]);
     assert!(run.status.success(), "quantize failed: {}", stderr(&run));
+    // Standard error is a pipe here, not a terminal: progress comes as plain lines.
+    assert!(
+        stderr(&run).contains("quantizing layers: 30/30 ("),
+        "{}",
+        stderr(&run)
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     let modules = json["modules"].as_array().unwrap();
