@@ -189,6 +189,20 @@ impl ModelConfig {
             }
             Architecture::Llama => None,
         };
+        // Either would make every activation NaN: RMSNorm takes the root of mean + eps, and
+        // the rotary frequencies are powers of theta.
+        if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
+            return Err(ModelError::ConfigField {
+                field: "rms_norm_eps",
+                reason: format!("is {rms_norm_eps}: it must be finite and not negative"),
+            });
+        }
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(ModelError::ConfigField {
+                field: "rope_theta",
+                reason: format!("is {rope_theta}: it must be finite and positive"),
+            });
+        }
         let bos_token_id = opt_usize(obj, "bos_token_id")?.map(|v| v as u32);
         // Only informs warnings, so a value of another type is ignored rather than refused.
         let max_position_embeddings = obj
@@ -200,6 +214,7 @@ impl ModelConfig {
             ("hidden_size", hidden_size),
             ("intermediate_size", intermediate_size),
             ("num_attention_heads", num_attention_heads),
+            ("head_dim", head_dim),
             ("vocab_size", vocab_size),
         ] {
             if v == 0 {

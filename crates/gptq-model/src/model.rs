@@ -88,13 +88,7 @@ impl Checkpoint {
                     .weights
                     .load_matrix(&format!("{prefix}.weight"), o, n)?,
             };
-            let has_bias = match id {
-                LinearId::Q | LinearId::K | LinearId::V => c.attention_bias,
-                // Qwen2 has q/k/v biases but none on o_proj; Llama's attention_bias covers o.
-                LinearId::O => c.attention_bias && c.architecture != crate::Architecture::Qwen2,
-                LinearId::Gate | LinearId::Up | LinearId::Down => c.mlp_bias,
-            };
-            let bias = if has_bias {
+            let bias = if has_bias(c, id) {
                 Some(self.weights.load_vector(&format!("{prefix}.bias"), o)?)
             } else {
                 None
@@ -120,6 +114,36 @@ impl Checkpoint {
         };
         layer.validate()?;
         Ok(layer)
+    }
+
+    /// Checks from the safetensors headers alone, without reading any weight, that every
+    /// decoder layer's full-precision tensors exist with the shapes `config.json` implies: a
+    /// config that names more layers than the weights hold, or weights of another model, fail
+    /// here instead of at the layer where a long run reaches them.
+    pub fn check_layer_tensors(&self) -> Result<()> {
+        let c = &self.config;
+        let shape = c.layer_shape();
+        for i in 0..c.num_hidden_layers {
+            let norms = ["input_layernorm", "post_attention_layernorm"]
+                .map(|n| (format!("model.layers.{i}.{n}.weight"), vec![c.hidden_size]));
+            let linears = LinearId::ALL.into_iter().flat_map(|id| {
+                let (rows, columns) = id.dims(&shape);
+                let prefix = id.tensor_prefix(i);
+                let bias = has_bias(c, id).then(|| (format!("{prefix}.bias"), vec![rows]));
+                std::iter::once((format!("{prefix}.weight"), vec![rows, columns])).chain(bias)
+            });
+            for (name, expected) in norms.into_iter().chain(linears) {
+                let actual = self.weights.meta(&name)?.shape;
+                if actual != expected {
+                    return Err(ModelError::TensorShape {
+                        name,
+                        expected,
+                        actual,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The token embedding `[vocab, hidden]`.
@@ -324,4 +348,14 @@ pub fn embed(table: ArrayView2<'_, f32>, tokens: &[u32]) -> Result<Array2<f32>> 
         row.assign(&table.row(t as usize));
     }
     Ok(out)
+}
+
+/// Whether linear `id` has a bias in a model of this configuration.
+fn has_bias(config: &ModelConfig, id: LinearId) -> bool {
+    match id {
+        LinearId::Q | LinearId::K | LinearId::V => config.attention_bias,
+        // Qwen2 has q/k/v biases but none on o_proj; Llama's attention_bias covers o.
+        LinearId::O => config.attention_bias && config.architecture != crate::Architecture::Qwen2,
+        LinearId::Gate | LinearId::Up | LinearId::Down => config.mlp_bias,
+    }
 }

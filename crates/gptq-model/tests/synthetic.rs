@@ -436,6 +436,22 @@ fn config_errors_name_the_fix() {
     write_config(dir.path(), &cfg);
     assert!(open_err(dir.path()).contains("rope_scaling"));
 
+    for (field, value, expected) in [
+        ("head_dim", serde_json::json!(0), "`head_dim` is 0"),
+        (
+            "rms_norm_eps",
+            serde_json::json!(-1.0),
+            "`rms_norm_eps` is -1",
+        ),
+        ("rope_theta", serde_json::json!(0.0), "`rope_theta` is 0"),
+    ] {
+        let mut cfg = Tiny::default().config();
+        cfg[field] = value;
+        write_config(dir.path(), &cfg);
+        let msg = open_err(dir.path());
+        assert!(msg.contains(expected), "{msg}");
+    }
+
     std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
     assert!(open_err(dir.path()).contains("config.json is not valid"));
 }

@@ -67,7 +67,8 @@ struct Batch {
     lens: Vec<usize>,
 }
 
-/// Checks, before any work, that every linear can be quantized and packed as asked.
+/// Checks, before any work, that every linear can be quantized and packed as asked, and that the
+/// weights hold every layer that config.json names, with its shapes (headers only).
 pub fn check_model(checkpoint: &Checkpoint, options: &PipelineOptions) -> Result<Vec<String>> {
     let config = checkpoint.config();
     if config.quantization.is_some() {
@@ -76,6 +77,13 @@ pub fn check_model(checkpoint: &Checkpoint, options: &PipelineOptions) -> Result
             checkpoint.dir().display()
         )));
     }
+    if config.num_hidden_layers == 0 {
+        return Err(PipelineError::Invalid(format!(
+            "{} has no decoder layers (num_hidden_layers 0): there is nothing to quantize",
+            checkpoint.dir().display()
+        )));
+    }
+    checkpoint.check_layer_tensors()?;
     let shape = config.layer_shape();
     let bits = options.config.bits();
     let mut warnings = Vec::new();

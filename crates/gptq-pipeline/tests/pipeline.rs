@@ -503,3 +503,25 @@ fn damping_raised_past_the_request_is_reported() {
         damped.warnings
     );
 }
+
+#[test]
+fn a_config_that_does_not_match_the_weights_fails_before_any_work() {
+    let source = TINY.write(10);
+    let options = options(4, 32, true);
+    let with_layers = |layers: usize| {
+        let mut config = TINY.config();
+        config["num_hidden_layers"] = layers.into();
+        gptq_model::testing::write_config(source.path(), &config);
+        let checkpoint = Checkpoint::open(source.path()).unwrap();
+        gptq_pipeline::check_model(&checkpoint, &options)
+            .unwrap_err()
+            .to_string()
+    };
+    // Three layers named, two in the weights: the missing one is found from the headers.
+    let err = with_layers(3);
+    assert!(
+        err.contains("model.layers.2.input_layernorm.weight") && err.contains("missing"),
+        "{err}"
+    );
+    assert!(with_layers(0).contains("nothing to quantize"));
+}
