@@ -230,48 +230,19 @@ fn user_errors_end_with_one_line_that_names_the_fix() {
         &gptq(&["inspect", &format!("{d}/gpt2")]),
         "unsupported architecture `gpt2`",
     );
-    one_line_error(
-        &gptq(&[
-            "quantize",
-            "--model",
-            &format!("{d}/gpt2"),
-            "--calib",
-            "c.txt",
-            "--out",
-            &format!("{d}/o"),
-            "--bits",
-            "9",
-        ]),
-        "bits must be between 2 and 8",
-    );
-    one_line_error(
-        &gptq(&[
-            "quantize",
-            "--model",
-            &format!("{d}/gpt2"),
-            "--calib",
-            "c.txt",
-            "--out",
-            &format!("{d}/o"),
-            "--group-size",
-            "0",
-        ]),
-        "group size 0",
-    );
-    one_line_error(
-        &gptq(&[
-            "quantize",
-            "--model",
-            &format!("{d}/gpt2"),
-            "--calib",
-            "c.txt",
-            "--out",
-            &format!("{d}/o"),
-            "--damp",
-            "2",
-        ]),
-        "2% is 0.02",
-    );
+    // Flags are checked before the model is opened.
+    let model = format!("{d}/gpt2");
+    let out = format!("{d}/o");
+    for (flag, value, expected) in [
+        ("--bits", "9", "bits must be between 2 and 8"),
+        ("--group-size", "0", "group size 0"),
+        ("--damp", "2", "2% is 0.02"),
+    ] {
+        let args = [
+            "quantize", "--model", &model, "--calib", "c.txt", "--out", &out, flag, value,
+        ];
+        one_line_error(&gptq(&args), expected);
+    }
     // Flags clap rejects exit non-zero with its usage message.
     let bad = gptq(&["quantize", "--bogus"]);
     assert!(!bad.status.success());
