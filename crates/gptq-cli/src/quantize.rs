@@ -258,7 +258,7 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     }
     if let Some(path) = &args.report {
         let text = serde_json::to_string_pretty(&report).expect("the report serializes");
-        std::fs::write(path, text + "\n")
+        write_whole(path, &(text + "\n"))
             .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
     }
     Ok(())
@@ -291,6 +291,18 @@ fn calibration_warnings(
         ));
     }
     warnings
+}
+
+/// Writes `text` to a hidden sibling of `path` and renames it into place, so that `path` holds
+/// either its old contents or all of `text`, never a cut-off file.
+fn write_whole(path: &Path, text: &str) -> std::io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let partial = path.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
 }
 
 /// The report is written last, so its path is checked first: an existing directory, or a
