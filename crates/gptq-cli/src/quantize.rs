@@ -195,12 +195,7 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     let calibration_load = t.elapsed().as_secs_f64();
     bars.set_position(1);
     bars.finish();
-    let longest = samples.iter().map(Vec::len).max().unwrap_or(0);
-    let too_long = checkpoint.config().context_warning(longest);
-    for warning in calibration_warnings(args, &source, &samples)
-        .into_iter()
-        .chain(too_long)
-    {
+    for warning in calibration_warnings(args, &checkpoint, &source, &samples) {
         gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
     }
 
@@ -266,9 +261,11 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
 
 /// What differs from what the flags asked for: fewer samples than `--nsamples`, or token-id
 /// windows shorter than `--seqlen` (used as they are; texts are cut to `--seqlen` and a JSONL
-/// text shorter than it is expected, so only the token-id file gets this warning).
+/// text shorter than it is expected, so only the token-id file gets this warning); and
+/// samples longer than the model was trained for.
 fn calibration_warnings(
     args: &Args,
+    checkpoint: &Checkpoint,
     source: &CalibrationSource,
     samples: &[Vec<u32>],
 ) -> Vec<String> {
@@ -290,6 +287,7 @@ fn calibration_warnings(
             args.seqlen
         ));
     }
+    warnings.extend(checkpoint.config().context_warning(longest));
     warnings
 }
 
