@@ -125,7 +125,7 @@ pub fn quantize_model<B: Backend>(
     options: &PipelineOptions,
     progress: &mut dyn Progress,
 ) -> Result<QuantizedModel> {
-    let warnings = check_model(checkpoint, options)?;
+    let mut warnings = check_model(checkpoint, options)?;
     for w in &warnings {
         progress.event(Event::Warning(w.clone()));
     }
@@ -232,7 +232,6 @@ pub fn quantize_model<B: Backend>(
         progress.event(Event::Advance(1));
     }
     progress.event(Event::StageDone);
-    let mut warnings = warnings;
     if let Some(w) = raised_damping(&run.modules, options.config.damp_percent()) {
         progress.event(Event::Warning(w.clone()));
         warnings.push(w);
