@@ -11,7 +11,7 @@
 //!   inverse.
 //! - [`quadratic_loss`]: `tr(D H Dᵀ)` from half of `H`.
 //! - [`sub_product`]: `C -= A · B` on row-major matrices, the lazy-batch update.
-//! - [`reference`]: plain loops that compute the same things, the oracle of the tests.
+//! - [`reference`](mod@reference): plain loops that compute the same things, the oracle of the tests.
 //!
 //! ```
 //! use gptq_core::{ActivationBatch, HessianAccumulator, HessianOptions};

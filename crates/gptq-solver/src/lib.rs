@@ -7,7 +7,7 @@
 //! - [`CpuBackend`] (feature `cpu`, on by default): faer and rayon, bit-identical at any thread
 //!   count.
 //! - [`round_to_nearest`]: the baseline on the same grid.
-//! - [`reference`]: a plain float64 transcription of the reference implementation, the oracle
+//! - [`reference`](mod@reference): a plain float64 transcription of the reference implementation, the oracle
 //!   of the tests.
 //! - [`parity`]: reads the reference's fixtures and checks a backend against them.
 //! - `testing` (feature): conformance checks any backend can run.
