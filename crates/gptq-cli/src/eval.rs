@@ -8,6 +8,8 @@ use gptq_model::{Checkpoint, Par, PerplexityOptions, perplexity};
 use crate::progress::Bars;
 use crate::{CliResult, thread_pool};
 
+// Numeric flags take `allow_negative_numbers` so that `--damp -0.1` is refused for its value,
+// not as an unknown flag `-0`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Model directory (full precision or GPTQ).
@@ -17,13 +19,13 @@ pub struct Args {
     #[arg(long)]
     text: PathBuf,
     /// Tokens per window.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
     seqlen: usize,
     /// Evaluate only the first N windows (all by default).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     windows: Option<usize>,
     /// Threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     threads: usize,
 }
 

@@ -37,6 +37,8 @@ enum Format {
     GptqV2,
 }
 
+// Numeric flags take `allow_negative_numbers` so that `--damp -0.1` is refused for its value,
+// not as an unknown flag `-0`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Hugging Face model directory (config.json, model.safetensors, tokenizer.json).
@@ -50,7 +52,7 @@ pub struct Args {
     #[arg(long)]
     out: PathBuf,
     /// Bits per weight (2, 3, 4 or 8 can be packed).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, allow_negative_numbers = true)]
     bits: u8,
     /// Input columns per group; -1 for one group per output row.
     #[arg(long, default_value_t = 128, allow_hyphen_values = true)]
@@ -69,19 +71,19 @@ pub struct Args {
     static_groups: bool,
     /// Damping, as a fraction in [0, 1) of the mean Hessian diagonal (0.01 is 1%). Raised
     /// tenfold, with a warning, for a linear whose Hessian is singular at this damping.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, allow_negative_numbers = true)]
     damp: f64,
     /// Calibration sequences.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     nsamples: usize,
     /// Tokens per calibration sequence.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, allow_negative_numbers = true)]
     seqlen: usize,
     /// Seed of the calibration windows drawn from a text file.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
     /// Threads (0 = all cores).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     threads: usize,
     /// Quantize every linear of a layer against the full-precision layer's inputs, instead of
     /// q/k/v, then o, then gate/up, then down.
@@ -100,10 +102,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     hessian: Precision,
     /// Calibration sequences per forward batch.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
     /// Largest safetensors shard, in MiB.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
     max_shard_mib: u64,
     /// Replace the output directory if it exists.
     #[arg(long)]

@@ -237,6 +237,8 @@ fn user_errors_end_with_one_line_that_names_the_fix() {
         ("--bits", "9", "bits must be between 2 and 8"),
         ("--group-size", "0", "group size 0"),
         ("--damp", "2", "2% is 0.02"),
+        // A negative value is refused for what it is, not taken for an unknown flag `-0`.
+        ("--damp", "-0.1", "must be in [0, 1)"),
     ] {
         let args = [
             "quantize", "--model", &model, "--calib", "c.txt", "--out", &out, flag, value,
@@ -246,6 +248,13 @@ fn user_errors_end_with_one_line_that_names_the_fix() {
     // Flags clap rejects exit non-zero with its usage message.
     let bad = gptq(&["quantize", "--bogus"]);
     assert!(!bad.status.success());
+    let negative = gptq(&["quantize", "--model", &model, "--seed", "-3"]);
+    assert!(!negative.status.success());
+    assert!(
+        stderr(&negative).contains("invalid value '-3' for '--seed"),
+        "{}",
+        stderr(&negative)
+    );
 }
 
 #[test]
