@@ -47,15 +47,20 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
             args.text.display()
         ));
     }
+    // The text is tokenized and cut into windows before the model is loaded, so that a text
+    // too short for one window fails at once.
+    let tokenizer = checkpoint.load_tokenizer().map_err(|e| e.to_string())?;
+    let tokens = tokenizer
+        .encode_file(&args.text, false)
+        .map_err(|e| e.to_string())?;
+    let total = gptq_model::eval_windows(&tokens, args.seqlen, args.windows)
+        .map_err(|e| e.in_file(&args.text).to_string())?
+        .len() as u64;
     let layers = checkpoint.config().num_hidden_layers as u64;
     bars.start("loading model", layers);
     let model = checkpoint.load_model().map_err(|e| e.to_string())?;
     bars.set_position(layers);
     bars.finish();
-    let tokenizer = checkpoint.load_tokenizer().map_err(|e| e.to_string())?;
-    let tokens = tokenizer
-        .encode_file(&args.text, false)
-        .map_err(|e| e.to_string())?;
     let options = PerplexityOptions {
         seqlen: args.seqlen,
         max_windows: args.windows,
@@ -66,9 +71,6 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
             Par::rayon(threads)
         },
     };
-    let total = gptq_model::eval_windows(&tokens, args.seqlen, args.windows)
-        .map_err(|e| e.to_string())?
-        .len() as u64;
     for warning in window_warnings(args, &checkpoint, total as usize) {
         gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
     }

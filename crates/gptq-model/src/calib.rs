@@ -82,6 +82,7 @@ pub fn sample_windows(
     }
     if tokens.len() < seqlen {
         return Err(ModelError::TextTooShort {
+            text: "the text".into(),
             tokens: tokens.len(),
             seqlen,
         });
@@ -104,8 +105,8 @@ pub fn load_calib_text(
     seqlen: usize,
     seed: u64,
 ) -> Result<Vec<Vec<u32>>> {
-    let tokens = tokenizer.encode_file(path, false)?;
-    sample_windows(&tokens, nsamples, seqlen, seed)
+    let tokens = tokenizer.encode_file(&path, false)?;
+    sample_windows(&tokens, nsamples, seqlen, seed).map_err(|e| e.in_file(path.as_ref()))
 }
 
 /// One sample per line of a JSONL file: an object with a `text` field, tokenized (without
@@ -200,7 +201,7 @@ mod tests {
         assert_eq!(sample_windows(&tokens, 2, 100, 1).unwrap()[0], tokens);
         let err = sample_windows(&tokens, 1, 101, 1).unwrap_err().to_string();
         assert!(
-            err.contains("text has 100 tokens, fewer than one window of 101"),
+            err.contains("the text has 100 tokens, fewer than one window of 101"),
             "{err}"
         );
     }

@@ -1,6 +1,6 @@
 //! The error type of `gptq-model`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong while loading, running or evaluating a model; every message
 /// names the problem and what to change.
@@ -147,10 +147,12 @@ pub enum ModelError {
 
     /// A text is too short to cut one calibration or evaluation window from it.
     #[error(
-        "text has {tokens} tokens, fewer than one window of {seqlen}: \
+        "{text} has {tokens} tokens, fewer than one window of {seqlen}: \
          use a longer file or a smaller --seqlen"
     )]
     TextTooShort {
+        /// The text: its file where known (see [`ModelError::in_file`]), else "the text".
+        text: String,
         /// Tokens in the text.
         tokens: usize,
         /// The requested window length.
@@ -186,6 +188,19 @@ pub enum ModelError {
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 impl ModelError {
+    /// Names `path` as the text a [`ModelError::TextTooShort`] speaks of; other errors are
+    /// returned as they are.
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            Self::TextTooShort { tokens, seqlen, .. } => Self::TextTooShort {
+                text: path.display().to_string(),
+                tokens,
+                seqlen,
+            },
+            other => other,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),

@@ -64,6 +64,7 @@ pub fn eval_windows(
     }
     if tokens.len() < seqlen {
         return Err(ModelError::TextTooShort {
+            text: "the text".into(),
             tokens: tokens.len(),
             seqlen,
         });
