@@ -532,3 +532,36 @@ fn a_config_that_does_not_match_the_weights_fails_before_any_work() {
         assert_eq!(model.linears.len(), 2 * 7, "{model_type}");
     }
 }
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    // Wide enough that the products and the Hessian sums are split between threads.
+    let tiny = Tiny {
+        hidden: 256,
+        inter: 512,
+        ..TINY
+    };
+    let source = tiny.write(5);
+    let checkpoint = Checkpoint::open(source.path()).unwrap();
+    let quantize = |threads: usize| {
+        let mut options = options(3, 64, false);
+        options.threads = threads;
+        let backend = CpuBackend::with_threads(threads);
+        quantize_model(
+            &checkpoint,
+            &samples(12, 96),
+            &backend,
+            &options,
+            &mut Silent,
+        )
+        .unwrap()
+    };
+    let (one, three) = (quantize(1), quantize(3));
+    assert_eq!(one.linears.len(), 14);
+    for (a, b) in one.linears.iter().zip(&three.linears) {
+        assert_eq!(a.packed, b.packed, "{}", a.prefix());
+    }
+    let losses = |m: &QuantizedModel| m.modules.iter().map(|r| r.loss).collect::<Vec<_>>();
+    assert!(losses(&one).iter().all(Option::is_some));
+    assert_eq!(losses(&one), losses(&three));
+}
