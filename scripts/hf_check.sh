@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Usage: scripts/hf_check.sh --model DIR --text FILE [--seqlen 512] [--windows 40]
+#        scripts/hf_check.sh --python SCRIPT.py [ARGS...]   (another script, same environment)
 #
 # Cross-checks a checkpoint directory (plain float, or GPTQ as written by `gptq quantize`) against
 # Hugging Face transformers on CPU: sets up a private Python virtual environment with CPU torch,
@@ -99,5 +100,10 @@ fi
 export GPTQMODEL_CPU_WORKERS=${GPTQMODEL_CPU_WORKERS:-2}
 export TOKENIZERS_PARALLELISM=false
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+if [[ ${1:-} == --python ]]; then
+  shift
+  log "running $*"
+  exec "$venv/bin/python" "$@"
+fi
 log "running hf_perplexity.py $*"
 exec "$venv/bin/python" "$here/hf_perplexity.py" "$@"

@@ -152,7 +152,7 @@ impl ModelConfig {
             });
         }
         let rms_norm_eps = opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32;
-        let rope_theta = opt_f64(obj, "rope_theta")?.unwrap_or(10000.0);
+        let rope_theta = rotary_base(obj)?;
         let vocab_size = req_usize(obj, "vocab_size")?;
         let tie_word_embeddings = opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
         // Qwen2's attention has q/k/v biases unconditionally; its config has no field for it.
@@ -166,14 +166,6 @@ impl ModelConfig {
         {
             return Err(ModelError::UnsupportedFeature(format!(
                 "hidden_act `{act}`: only silu is implemented"
-            )));
-        }
-        if let Some(scaling) = obj.get("rope_scaling")
-            && !scaling.is_null()
-        {
-            return Err(ModelError::UnsupportedFeature(format!(
-                "rope_scaling {scaling}: only plain rotary embeddings (rope_scaling null) \
-                 are implemented"
             )));
         }
         let sliding_window = match architecture {
@@ -309,6 +301,46 @@ impl LayerShape {
 }
 
 type Obj = serde_json::Map<String, Value>;
+
+/// The rotary base, `rope_theta`: at the top level (transformers 4), or in `rope_parameters`
+/// (transformers 5 writes it there instead). Both of those and the older `rope_scaling` must
+/// describe plain rotary embeddings (`rope_type` "default"); anything else (llama3, yarn,
+/// linear, dynamic scaling...) would compute other angles, so it is refused.
+fn rotary_base(obj: &Obj) -> Result<f64> {
+    for field in ["rope_scaling", "rope_parameters"] {
+        if let Some(value) = obj.get(field).filter(|v| !v.is_null()) {
+            check_plain_rope(field, value)?;
+        }
+    }
+    let top = opt_f64(obj, "rope_theta")?;
+    let nested = match obj.get("rope_parameters").and_then(Value::as_object) {
+        Some(params) => opt_f64(params, "rope_theta")?,
+        None => None,
+    };
+    match (top, nested) {
+        (Some(a), Some(b)) if a != b => Err(ModelError::ConfigField {
+            field: "rope_theta",
+            reason: format!("is {a}, but rope_parameters.rope_theta is {b}: they must agree"),
+        }),
+        (a, b) => Ok(a.or(b).unwrap_or(10000.0)),
+    }
+}
+
+fn check_plain_rope(field: &'static str, value: &Value) -> Result<()> {
+    let plain = value.as_object().is_some_and(|o| {
+        match o.get("rope_type").or_else(|| o.get("type")) {
+            Some(kind) => kind == "default",
+            // Without a type only the base may be given (a dict per layer type is not plain).
+            None => o.keys().all(|k| k == "rope_theta"),
+        }
+    });
+    if plain {
+        return Ok(());
+    }
+    Err(ModelError::UnsupportedFeature(format!(
+        "{field} {value}: only plain rotary embeddings (rope_type \"default\") are implemented"
+    )))
+}
 
 fn opt_usize(obj: &Obj, field: &'static str) -> Result<Option<usize>> {
     match obj.get(field) {

@@ -6,8 +6,8 @@ use gptq_model::testing as common;
 use common::{TempDir, Tiny, max_diff, write_config, write_raw, write_safetensors};
 use gptq_model::calib::SplitMix64;
 use gptq_model::{
-    Checkpoint, DecoderLayer, LinearId, ModelError, Par, attention_core, forward_layer,
-    forward_layer_observed, mlp_inner, rms_norm,
+    Checkpoint, DecoderLayer, LinearId, ModelConfig, ModelError, Par, attention_core,
+    forward_layer, forward_layer_observed, mlp_inner, rms_norm,
 };
 use ndarray::{Array2, s};
 use safetensors::Dtype;
@@ -436,6 +436,28 @@ fn config_errors_name_the_fix() {
     write_config(dir.path(), &cfg);
     assert!(open_err(dir.path()).contains("rope_scaling"));
 
+    // transformers 5 writes the rotary settings as `rope_parameters`.
+    for (params, expected) in [
+        (
+            serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+            "rope_parameters",
+        ),
+        (
+            serde_json::json!({"full_attention": {"rope_type": "default", "rope_theta": 1e4}}),
+            "rope_parameters",
+        ),
+        (
+            serde_json::json!({"rope_type": "default", "rope_theta": 5e5}),
+            "`rope_theta` is 10000, but rope_parameters.rope_theta is 500000",
+        ),
+    ] {
+        let mut cfg = Tiny::default().config();
+        cfg["rope_parameters"] = params;
+        write_config(dir.path(), &cfg);
+        let msg = open_err(dir.path());
+        assert!(msg.contains(expected), "{msg}");
+    }
+
     for (field, value, expected) in [
         ("head_dim", serde_json::json!(0), "`head_dim` is 0"),
         (
@@ -454,6 +476,31 @@ fn config_errors_name_the_fix() {
 
     std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
     assert!(open_err(dir.path()).contains("config.json is not valid"));
+}
+
+#[test]
+fn the_rotary_base_is_read_where_transformers_5_writes_it() {
+    let tiny = Tiny::default();
+    let theta = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut cfg = tiny.config();
+        edit(&mut cfg);
+        ModelConfig::from_json(cfg).unwrap().rope_theta
+    };
+    assert_eq!(theta(&|_| {}), 10000.0);
+    let v5 = |cfg: &mut serde_json::Value| {
+        cfg.as_object_mut().unwrap().remove("rope_theta");
+        cfg["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e6});
+    };
+    assert_eq!(theta(&v5), 1e6);
+    // The same value in both places, and a `rope_scaling` that says "default", are plain.
+    assert_eq!(
+        theta(&|cfg| {
+            cfg["rope_theta"] = 1e6.into();
+            cfg["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e6});
+            cfg["rope_scaling"] = serde_json::json!({"type": "default"});
+        }),
+        1e6
+    );
 }
 
 #[test]

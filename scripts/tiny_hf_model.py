@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Writes a small random Hugging Face checkpoint of one architecture, saved by transformers.
+
+    tiny_hf_model.py {qwen2,mistral,llama} OUT_DIR TOKENIZER_DIR
+
+The point is what transformers itself writes and computes: its config.json (transformers 5
+writes `rope_parameters` instead of `rope_theta`), its tensor names, and the architecture's
+details gptq-rs must reproduce — Qwen2's q/k/v biases (given random values; transformers
+initialises them to zero) and rope_theta 1e6, Mistral's sliding window (48 tokens, shorter than
+the windows scripts/arch_check.sh evaluates), untied heads. Weights are drawn with a large
+spread so that the logits, and any difference in them, are far from uniform. The tokenizer
+files are copied from TOKENIZER_DIR (vocabulary 49152, SmolLM2's). Run it through
+`scripts/hf_check.sh --python`, which provides the environment.
+"""
+
+import os
+import shutil
+import sys
+
+import torch
+from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
+                          Qwen2Config, Qwen2ForCausalLM)
+
+
+def build(kind):
+    common = dict(vocab_size=49152, hidden_size=128, intermediate_size=320, num_hidden_layers=3,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                  initializer_range=0.15, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+    if kind == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(tie_word_embeddings=True, rope_theta=1e6, **common))
+        for layer in model.model.layers:
+            attn = layer.self_attn
+            for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=0.5)
+        return model
+    if kind == "mistral":
+        return MistralForCausalLM(MistralConfig(tie_word_embeddings=False, sliding_window=48,
+                                                **common))
+    if kind == "llama":
+        return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, rope_theta=5e5, **common))
+    sys.exit(f"unknown architecture {kind!r}: qwen2, mistral or llama")
+
+
+def main():
+    if len(sys.argv) != 4:
+        sys.exit(__doc__)
+    kind, out, tokenizer_dir = sys.argv[1:]
+    torch.manual_seed(0)
+    model = build(kind)
+    for name, param in model.named_parameters():
+        if "norm" in name:  # RMSNorm weights away from 1
+            torch.nn.init.normal_(param, mean=1.0, std=0.2)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]:
+        src = os.path.join(tokenizer_dir, name)
+        if os.path.exists(src):
+            shutil.copy(src, out)
+    print(f"{kind}: {type(model).__name__}, {sum(p.numel() for p in model.parameters())} "
+          f"parameters, in {out}")
+
+
+if __name__ == "__main__":
+    main()
