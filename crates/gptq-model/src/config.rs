@@ -181,6 +181,20 @@ impl ModelConfig {
             }
             Architecture::Llama => None,
         };
+        // transformers 5 lists each layer's attention kind; one kind for all layers is what
+        // is implemented.
+        if let Some(kinds) = obj.get("layer_types").and_then(Value::as_array) {
+            let expected = match sliding_window {
+                Some(_) => "sliding_attention",
+                None => "full_attention",
+            };
+            if let Some(other) = kinds.iter().find(|k| k.as_str() != Some(expected)) {
+                return Err(ModelError::UnsupportedFeature(format!(
+                    "layer_types holds {other}, but every layer of this {model_type} model \
+                     computes {expected}: attention that differs by layer is not implemented"
+                )));
+            }
+        }
         // Either would make every activation NaN: RMSNorm takes the root of mean + eps, and
         // the rotary frequencies are powers of theta.
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {

@@ -457,6 +457,27 @@ fn config_errors_name_the_fix() {
         let msg = open_err(dir.path());
         assert!(msg.contains(expected), "{msg}");
     }
+    // One attention kind for all layers is implemented; transformers 5 lists them per layer.
+    for (model_type, kinds, expected) in [
+        (
+            "llama",
+            ["full_attention", "sliding_attention"],
+            "layer_types holds \"sliding",
+        ),
+        (
+            "mistral",
+            ["full_attention", "full_attention"],
+            "computes sliding_attention",
+        ),
+    ] {
+        let mut cfg = Tiny::default().config();
+        cfg["model_type"] = model_type.into();
+        cfg["sliding_window"] = 16.into();
+        cfg["layer_types"] = serde_json::json!(kinds);
+        write_config(dir.path(), &cfg);
+        let msg = open_err(dir.path());
+        assert!(msg.contains(expected), "{msg}");
+    }
 
     for (field, value, expected) in [
         ("head_dim", serde_json::json!(0), "`head_dim` is 0"),
@@ -479,7 +500,7 @@ fn config_errors_name_the_fix() {
 }
 
 #[test]
-fn the_rotary_base_is_read_where_transformers_5_writes_it() {
+fn configs_written_by_transformers_5_are_read() {
     let tiny = Tiny::default();
     let theta = |edit: &dyn Fn(&mut serde_json::Value)| {
         let mut cfg = tiny.config();
@@ -490,6 +511,7 @@ fn the_rotary_base_is_read_where_transformers_5_writes_it() {
     let v5 = |cfg: &mut serde_json::Value| {
         cfg.as_object_mut().unwrap().remove("rope_theta");
         cfg["rope_parameters"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e6});
+        cfg["layer_types"] = serde_json::json!(["full_attention", "full_attention"]);
     };
     assert_eq!(theta(&v5), 1e6);
     // The same value in both places, and a `rope_scaling` that says "default", are plain.
