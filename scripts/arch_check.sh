@@ -6,7 +6,8 @@
 # (q/k/v biases, rope_theta 1e6), Mistral (48-token sliding window), Llama (rope_theta 5e5).
 # For each: perplexity of the full-precision model, then of 4-bit g64 checkpoints written by
 # `gptq quantize` (symmetric v1, asymmetric v2, symmetric with act-order), by `gptq eval` and by
-# transformers (GPTQModel's torch kernel), on the same 20 windows of 128 tokens of WikiText-2.
+# transformers (GPTQModel's torch kernel), on the same 20 windows of 128 tokens of WikiText-2;
+# last, a checkpoint quantized by GPTQModel itself (v1, asymmetric, act-order), read by both.
 # Fails unless every pair agrees within 0.1%. The models are random, so their perplexities are
 # huge; what is compared is the arithmetic and the checkpoint format, not quality.
 #
@@ -42,7 +43,7 @@ compare() {
     verdict=DIFFERENT
     failed=1
   fi
-  printf '%-28s gptq eval %14s  transformers %14s  %s\n' "$name" "$ours" "$hf" "$verdict" | tee -a "$summary"
+  printf '%-32s gptq eval %14s  transformers %14s  %s\n' "$name" "$ours" "$hf" "$verdict" | tee -a "$summary"
 }
 
 for arch in qwen2 mistral llama; do
@@ -58,5 +59,11 @@ for arch in qwen2 mistral llama; do
       --group-size 64 $flags --nsamples 32 --seqlen 128 >"$dir.log" 2>&1
     compare "$name" "$dir"
   done
+  # And a checkpoint GPTQModel wrote, read back by gptq.
+  dir=$out/$arch-gptqmodel-w4g64-asym-actorder
+  rm -rf "$dir"
+  scripts/hf_check.sh --python scripts/gptqmodel_quantize.py "$model" "$dir" "$calib" --asym --act-order \
+    >"$dir.log" 2>&1
+  compare "$arch GPTQModel asym act-order" "$dir"
 done
 exit $failed
