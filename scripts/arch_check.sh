@@ -3,7 +3,8 @@
 #
 # Checks gptq-rs against Hugging Face transformers on each architecture it supports, on small
 # random models that transformers itself builds and saves (scripts/tiny_hf_model.py): Qwen2
-# (q/k/v biases, rope_theta 1e6), Mistral (48-token sliding window), Llama (rope_theta 5e5).
+# (q/k/v biases, rope_theta 1e6), Mistral (48-token sliding window), Llama (rope_theta 5e5),
+# and Llama with Llama 3.1's and with linear rotary scaling (full precision and one checkpoint).
 # For each: perplexity of the full-precision model, then of 4-bit g64 checkpoints written by
 # `gptq quantize` (symmetric v1, asymmetric v2, symmetric with act-order), by `gptq eval` and by
 # transformers (GPTQModel's torch kernel), on the same 20 windows of 128 tokens of WikiText-2;
@@ -46,12 +47,14 @@ compare() {
   printf '%-32s gptq eval %14s  transformers %14s  %s\n' "$name" "$ours" "$hf" "$verdict" | tee -a "$summary"
 }
 
-for arch in qwen2 mistral llama; do
-  model=$out/$arch
+# Full precision, then checkpoints written by gptq with these flags (4 bits, group 64).
+check_arch() {
+  local arch=$1; shift
+  local model=$out/$arch flags name dir
   rm -rf "$model"
   scripts/hf_check.sh --python scripts/tiny_hf_model.py "$arch" "$model" "$smollm2" 2>/dev/null
   compare "$arch full precision" "$model"
-  for flags in "--sym" "--asym" "--sym --act-order"; do
+  for flags in "$@"; do
     name="$arch w4g64 ${flags//--/}"
     dir=$out/$arch-w4g64-${flags//[- ]/}
     # shellcheck disable=SC2086  # flags is a list of words
@@ -59,11 +62,23 @@ for arch in qwen2 mistral llama; do
       --group-size 64 $flags --nsamples 32 --seqlen 128 >"$dir.log" 2>&1
     compare "$name" "$dir"
   done
-  # And a checkpoint GPTQModel wrote, read back by gptq.
-  dir=$out/$arch-gptqmodel-w4g64-asym-actorder
+}
+
+# A checkpoint GPTQModel wrote, read back by gptq.
+check_gptqmodel() {
+  local arch=$1 dir=$out/$1-gptqmodel-w4g64-asym-actorder
   rm -rf "$dir"
-  scripts/hf_check.sh --python scripts/gptqmodel_quantize.py "$model" "$dir" "$calib" --asym --act-order \
-    >"$dir.log" 2>&1
+  scripts/hf_check.sh --python scripts/gptqmodel_quantize.py "$out/$arch" "$dir" "$calib" \
+    --asym --act-order >"$dir.log" 2>&1
   compare "$arch GPTQModel asym act-order" "$dir"
+}
+
+for arch in qwen2 mistral llama; do
+  check_arch "$arch" "--sym" "--asym" "--sym --act-order"
+  check_gptqmodel "$arch"
+done
+# Rotary frequency scaling (Llama 3.1's, and linear): the forward pass is what differs.
+for arch in llama3-rope linear-rope; do
+  check_arch "$arch" "--sym"
 done
 exit $failed

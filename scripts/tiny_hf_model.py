@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Writes a small random Hugging Face checkpoint of one architecture, saved by transformers.
 
-    tiny_hf_model.py {qwen2,mistral,llama} OUT_DIR TOKENIZER_DIR
+    tiny_hf_model.py {qwen2,mistral,llama,llama3-rope,linear-rope} OUT_DIR TOKENIZER_DIR
 
 The point is what transformers itself writes and computes: its config.json (transformers 5
 writes `rope_parameters` instead of `rope_theta`), its tensor names, and the architecture's
 details gptq-rs must reproduce — Qwen2's q/k/v biases (given random values; transformers
 initialises them to zero) and rope_theta 1e6, Mistral's sliding window (48 tokens, shorter than
-the windows scripts/arch_check.sh evaluates), untied heads. Weights are drawn with a large
+the windows scripts/arch_check.sh evaluates), untied heads, Llama 3.1's and linear rotary
+frequency scaling. Weights are drawn with a large
 spread so that the logits, and any difference in them, are far from uniform. The tokenizer
 files are copied from TOKENIZER_DIR (vocabulary 49152, SmolLM2's). Run it through
 `scripts/hf_check.sh --python`, which provides the environment.
@@ -38,7 +39,16 @@ def build(kind):
                                                 **common))
     if kind == "llama":
         return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, rope_theta=5e5, **common))
-    sys.exit(f"unknown architecture {kind!r}: qwen2, mistral or llama")
+    if kind == "llama3-rope":
+        # Llama 3.1's frequency scaling, with an original context of 64 tokens so that the
+        # evaluated windows (128) reach all three of its frequency bands.
+        rope = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+        return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, rope_parameters=rope, **common))
+    if kind == "linear-rope":
+        rope = {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}
+        return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, rope_parameters=rope, **common))
+    sys.exit(f"unknown architecture {kind!r}: qwen2, mistral, llama, llama3-rope or linear-rope")
 
 
 def main():

@@ -13,8 +13,8 @@ use faer::{Accum, Mat};
 use gptq_model::calib::SplitMix64;
 use gptq_model::ndarray::{Array1, Array2};
 use gptq_model::{
-    Checkpoint, DecoderLayer, LayerShape, Linear, LinearId, Par, attention_core, forward_layer,
-    mlp_inner, rms_norm,
+    Checkpoint, DecoderLayer, LayerShape, Linear, LinearId, Par, RopeScaling, attention_core,
+    forward_layer, mlp_inner, rms_norm,
 };
 
 fn random(rng: &mut SplitMix64, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
@@ -32,6 +32,7 @@ fn smollm2_like() -> DecoderLayer {
         head_dim: 64,
         rms_norm_eps: 1e-5,
         rope_theta: 1e5,
+        rope_scaling: RopeScaling::None,
         sliding_window: None,
     };
     let mut rng = SplitMix64::new(1);

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::error::{ModelError, Result};
+use crate::rope::RopeScaling;
 
 /// The Llama-family architectures this crate runs. They share one decoder layout and differ
 /// only in defaults (Qwen2 always has q/k/v biases).
@@ -50,6 +51,9 @@ pub struct ModelConfig {
     pub rms_norm_eps: f32,
     /// Base of the rotary position embedding frequencies.
     pub rope_theta: f64,
+    /// How the rotary frequencies are rescaled (`rope_scaling`, or transformers 5's
+    /// `rope_parameters`).
+    pub rope_scaling: RopeScaling,
     /// Vocabulary size (rows of the embedding).
     pub vocab_size: usize,
     /// Whether `lm_head` reuses `embed_tokens`.
@@ -152,7 +156,7 @@ impl ModelConfig {
             });
         }
         let rms_norm_eps = opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32;
-        let rope_theta = rotary_base(obj)?;
+        let (rope_theta, rope_scaling) = crate::rope::rotary_settings(obj)?;
         let vocab_size = req_usize(obj, "vocab_size")?;
         let tie_word_embeddings = opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
         // Qwen2's attention has q/k/v biases unconditionally; its config has no field for it.
@@ -195,18 +199,12 @@ impl ModelConfig {
                 )));
             }
         }
-        // Either would make every activation NaN: RMSNorm takes the root of mean + eps, and
-        // the rotary frequencies are powers of theta.
+        // It would make every activation NaN: RMSNorm takes the root of mean + eps. (A bad
+        // rotary base, for the same reason, is refused with the rest of the rotary settings.)
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
             return Err(ModelError::ConfigField {
                 field: "rms_norm_eps",
                 reason: format!("is {rms_norm_eps}: it must be finite and not negative"),
-            });
-        }
-        if !(rope_theta.is_finite() && rope_theta > 0.0) {
-            return Err(ModelError::ConfigField {
-                field: "rope_theta",
-                reason: format!("is {rope_theta}: it must be finite and positive"),
             });
         }
         let bos_token_id = opt_usize(obj, "bos_token_id")?.map(|v| v as u32);
@@ -241,6 +239,7 @@ impl ModelConfig {
             head_dim,
             rms_norm_eps,
             rope_theta,
+            rope_scaling,
             vocab_size,
             tie_word_embeddings,
             attention_bias,
@@ -275,6 +274,7 @@ impl ModelConfig {
             head_dim: self.head_dim,
             rms_norm_eps: self.rms_norm_eps,
             rope_theta: self.rope_theta,
+            rope_scaling: self.rope_scaling,
             sliding_window: self.sliding_window,
         }
     }
@@ -298,6 +298,8 @@ pub struct LayerShape {
     pub rms_norm_eps: f32,
     /// RoPE base.
     pub rope_theta: f64,
+    /// RoPE frequency scaling.
+    pub rope_scaling: RopeScaling,
     /// Sliding attention window (Mistral), if any.
     pub sliding_window: Option<usize>,
 }
@@ -314,47 +316,7 @@ impl LayerShape {
     }
 }
 
-type Obj = serde_json::Map<String, Value>;
-
-/// The rotary base, `rope_theta`: at the top level (transformers 4), or in `rope_parameters`
-/// (transformers 5 writes it there instead). Both of those and the older `rope_scaling` must
-/// describe plain rotary embeddings (`rope_type` "default"); anything else (llama3, yarn,
-/// linear, dynamic scaling...) would compute other angles, so it is refused.
-fn rotary_base(obj: &Obj) -> Result<f64> {
-    for field in ["rope_scaling", "rope_parameters"] {
-        if let Some(value) = obj.get(field).filter(|v| !v.is_null()) {
-            check_plain_rope(field, value)?;
-        }
-    }
-    let top = opt_f64(obj, "rope_theta")?;
-    let nested = match obj.get("rope_parameters").and_then(Value::as_object) {
-        Some(params) => opt_f64(params, "rope_theta")?,
-        None => None,
-    };
-    match (top, nested) {
-        (Some(a), Some(b)) if a != b => Err(ModelError::ConfigField {
-            field: "rope_theta",
-            reason: format!("is {a}, but rope_parameters.rope_theta is {b}: they must agree"),
-        }),
-        (a, b) => Ok(a.or(b).unwrap_or(10000.0)),
-    }
-}
-
-fn check_plain_rope(field: &'static str, value: &Value) -> Result<()> {
-    let plain = value.as_object().is_some_and(|o| {
-        match o.get("rope_type").or_else(|| o.get("type")) {
-            Some(kind) => kind == "default",
-            // Without a type only the base may be given (a dict per layer type is not plain).
-            None => o.keys().all(|k| k == "rope_theta"),
-        }
-    });
-    if plain {
-        return Ok(());
-    }
-    Err(ModelError::UnsupportedFeature(format!(
-        "{field} {value}: only plain rotary embeddings (rope_type \"default\") are implemented"
-    )))
-}
+pub(crate) type Obj = serde_json::Map<String, Value>;
 
 fn opt_usize(obj: &Obj, field: &'static str) -> Result<Option<usize>> {
     match obj.get(field) {
@@ -376,7 +338,7 @@ fn req_usize(obj: &Obj, field: &'static str) -> Result<usize> {
     })
 }
 
-fn opt_f64(obj: &Obj, field: &'static str) -> Result<Option<f64>> {
+pub(crate) fn opt_f64(obj: &Obj, field: &'static str) -> Result<Option<f64>> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_f64().map(Some).ok_or(ModelError::ConfigField {

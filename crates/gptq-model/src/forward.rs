@@ -22,8 +22,9 @@ use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, LinearId};
-use crate::ops::{RopeTable, is_parallel, rms_norm_par, silu_mul_inplace, softmax_in_place};
+use crate::ops::{is_parallel, rms_norm_par, silu_mul_inplace, softmax_in_place};
 use crate::pool::recycle;
+use crate::rope::RopeTable;
 
 /// Query rows per attention block. Causal attention only needs keys up to the block's last
 /// query, so blocking skips most of the masked upper triangle (12 % waste at 512 tokens)
@@ -66,7 +67,7 @@ pub fn attention_core(
 
     let d = s.head_dim;
     let max_len = seq_lens.iter().copied().max().unwrap_or(0);
-    let rope = RopeTable::new(max_len, d, s.rope_theta);
+    let rope = RopeTable::new(max_len, d, s.rope_theta, s.rope_scaling);
     // Folding the 1/sqrt(d) score scale into q costs nothing here; for head_dim 64 (1/8) it is
     // exact, so scores round as transformers' do.
     let scale = 1.0 / (d as f32).sqrt();

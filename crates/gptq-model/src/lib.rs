@@ -33,6 +33,7 @@ mod linear;
 mod model;
 mod ops;
 mod pool;
+mod rope;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tokenizer;
@@ -46,8 +47,9 @@ pub use gptq::GptqQuantization;
 pub use layer::{DecoderLayer, LinearId};
 pub use linear::Linear;
 pub use model::{Checkpoint, EMBED_TOKENS, FINAL_NORM, LM_HEAD, Model, NllSum, embed};
-pub use ops::{RopeTable, exp_f32, rms_norm, rms_norm_par};
+pub use ops::{exp_f32, rms_norm, rms_norm_par};
 pub use pool::{recycle_buffer, set_buffer_pool_limit};
+pub use rope::{RopeScaling, RopeTable};
 pub use tokenizer::Tokenizer;
 pub use weights::WeightStore;
 

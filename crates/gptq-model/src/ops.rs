@@ -236,64 +236,6 @@ multiversion!(
     pub(crate) fn log_sum_exp / log_sum_exp_avx2 = log_sum_exp_generic(x: &[f32]) -> f64
 );
 
-/// cos/sin tables of rotary position embeddings for positions `0..len`, `[len, head_dim/2]`
-/// each, computed like transformers' `LlamaRotaryEmbedding` (f32 inverse frequencies,
-/// f32 angles) so that rounding matches the reference.
-#[derive(Debug, Clone)]
-pub struct RopeTable {
-    half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl RopeTable {
-    /// Tables for `len` positions of heads `head_dim` wide with base `theta`.
-    pub fn new(len: usize, head_dim: usize, theta: f64) -> Self {
-        let half = head_dim / 2;
-        let base = theta as f32;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(len * half);
-        let mut sin = Vec::with_capacity(len * half);
-        for p in 0..len {
-            for &f in &inv_freq {
-                let a = p as f32 * f;
-                cos.push(a.cos());
-                sin.push(a.sin());
-            }
-        }
-        Self { half, cos, sin }
-    }
-
-    /// Positions covered.
-    pub fn len(&self) -> usize {
-        self.cos.len().checked_div(self.half).unwrap_or(0)
-    }
-
-    /// Whether the table covers no position.
-    pub fn is_empty(&self) -> bool {
-        self.cos.is_empty()
-    }
-
-    /// Rotates every head of one row at position `pos` in place (rotate-half convention:
-    /// the first half of a head pairs with the second half), then multiplies by `scale`.
-    #[inline]
-    pub(crate) fn rotate_row(&self, row: &mut [f32], pos: usize, scale: f32) {
-        let half = self.half;
-        let cos = &self.cos[pos * half..(pos + 1) * half];
-        let sin = &self.sin[pos * half..(pos + 1) * half];
-        for head in row.chunks_exact_mut(2 * half) {
-            let (a, b) = head.split_at_mut(half);
-            for i in 0..half {
-                let (x1, x2) = (a[i], b[i]);
-                a[i] = (x1 * cos[i] - x2 * sin[i]) * scale;
-                b[i] = (x2 * cos[i] + x1 * sin[i]) * scale;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@ use gptq_model::testing as common;
 use common::{TempDir, Tiny, max_diff, write_config, write_raw, write_safetensors};
 use gptq_model::calib::SplitMix64;
 use gptq_model::{
-    Checkpoint, DecoderLayer, LinearId, ModelConfig, ModelError, Par, attention_core,
-    forward_layer, forward_layer_observed, mlp_inner, rms_norm,
+    Checkpoint, DecoderLayer, LayerShape, LinearId, ModelConfig, ModelError, Par, RopeScaling,
+    attention_core, forward_layer, forward_layer_observed, mlp_inner, rms_norm,
 };
 use ndarray::{Array2, s};
 use safetensors::Dtype;
@@ -19,6 +19,27 @@ fn random_input(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
         common::random(&mut rng, rows * cols, 1.0, 0.0),
     )
     .unwrap()
+}
+
+/// Rotary frequency `i` of a head, in f64, from the definitions: plain `theta^(-2i/d)`; linear
+/// scaling divides it; Llama 3's blends `f / factor` and `f` by where the wavelength lies
+/// between `context / low_freq_factor` (all scaled) and `context / high_freq_factor` (none).
+fn frequency(sh: LayerShape, i: usize) -> f64 {
+    let f = 1.0 / sh.rope_theta.powf(2.0 * i as f64 / sh.head_dim as f64);
+    match sh.rope_scaling {
+        RopeScaling::None => f,
+        RopeScaling::Linear { factor } => f / factor,
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor: low,
+            high_freq_factor: high,
+            original_max_position_embeddings: context,
+        } => {
+            let wavelengths_in_context = context * f / std::f64::consts::TAU;
+            let kept = ((wavelengths_in_context - low) / (high - low)).clamp(0.0, 1.0);
+            (1.0 - kept) * f / factor + kept * f
+        }
+    }
 }
 
 /// The decoder layer written out loop by loop in f64, for one sequence.
@@ -50,7 +71,7 @@ fn reference_layer(layer: &DecoderLayer, x: &Array2<f32>) -> Array2<f64> {
         for p in 0..t {
             for hh in 0..heads {
                 for i in 0..d / 2 {
-                    let f = 1.0 / sh.rope_theta.powf(2.0 * i as f64 / d as f64);
+                    let f = frequency(sh, i);
                     let (c, s) = ((p as f64 * f).cos(), (p as f64 * f).sin());
                     let (a, b) = (m[[p, hh * d + i]], m[[p, hh * d + i + d / 2]]);
                     m[[p, hh * d + i]] = a * c - b * s;
@@ -127,15 +148,34 @@ fn forward_layer_matches_naive_reference() {
         ),
     ] {
         let dir = tiny.write(11);
-        let ckpt = Checkpoint::open(dir.path()).unwrap();
-        let layer = ckpt.load_layer(1).unwrap();
-        // 150 tokens: more than two attention query blocks, the last one partial.
-        let x = random_input(150, tiny.hidden, 5);
-        let got = forward_layer(&layer, x.view(), &[150], par).unwrap();
-        let want = reference_layer(&layer, &x);
-        let err = max_diff64(&got, &want);
-        assert!(err < 1e-4, "{tiny:?}: max error {err}");
+        check_layer_against_reference(dir.path(), par);
     }
+    // Rescaled rotary frequencies; with head_dim 8 and an original context of 64 tokens, the
+    // four wavelengths (6.3, 63, 628, 6283) fall short of, inside and past Llama 3's blend.
+    for scaling in [
+        serde_json::json!({"rope_type": "linear", "factor": 4.0}),
+        serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    ] {
+        let tiny = Tiny::default();
+        let dir = tiny.write(11);
+        let mut cfg = tiny.config();
+        cfg["rope_scaling"] = scaling;
+        write_config(dir.path(), &cfg);
+        check_layer_against_reference(dir.path(), Par::rayon(2));
+    }
+}
+
+/// Layer 1 of the checkpoint in `dir` on 150 tokens (more than two attention query blocks,
+/// the last one partial) against [`reference_layer`].
+fn check_layer_against_reference(dir: &std::path::Path, par: Par) {
+    let ckpt = Checkpoint::open(dir).unwrap();
+    let layer = ckpt.load_layer(1).unwrap();
+    let x = random_input(150, layer.shape.hidden_size, 5);
+    let got = forward_layer(&layer, x.view(), &[150], par).unwrap();
+    let want = reference_layer(&layer, &x);
+    let err = max_diff64(&got, &want);
+    assert!(err < 1e-4, "{:?}: max error {err}", layer.shape);
 }
 
 #[test]
@@ -431,32 +471,62 @@ fn config_errors_name_the_fix() {
         "config.json field `hidden_size` is missing"
     );
 
-    let mut cfg = Tiny::default().config();
-    cfg["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0});
-    write_config(dir.path(), &cfg);
-    assert!(open_err(dir.path()).contains("rope_scaling"));
-
-    // transformers 5 writes the rotary settings as `rope_parameters`.
-    for (params, expected) in [
+    // Rotary settings: `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5).
+    let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+    for (field, value, expected) in [
         (
-            serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
-            "rope_parameters",
+            "rope_scaling",
+            serde_json::json!({"rope_type": "yarn", "factor": 4.0}),
+            "implemented are the rope_types default, linear and llama3",
         ),
         (
+            "rope_parameters",
+            serde_json::json!({"type": "dynamic", "factor": 2.0}),
+            "implemented are the rope_types default, linear and llama3",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0}),
+            "`low_freq_factor` must be a positive number",
+        ),
+        (
+            "rope_parameters",
+            serde_json::json!({"rope_type": "linear", "factor": 0}),
+            "`factor` must be a positive number",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+            "high_freq_factor must be larger than low_freq_factor",
+        ),
+        (
+            "rope_parameters",
             serde_json::json!({"full_attention": {"rope_type": "default", "rope_theta": 1e4}}),
-            "rope_parameters",
+            "it names no rope_type",
         ),
         (
+            "rope_parameters",
             serde_json::json!({"rope_type": "default", "rope_theta": 5e5}),
             "`rope_theta` is 10000, but rope_parameters.rope_theta is 500000",
         ),
     ] {
         let mut cfg = Tiny::default().config();
-        cfg["rope_parameters"] = params;
+        cfg[field] = value;
         write_config(dir.path(), &cfg);
         let msg = open_err(dir.path());
-        assert!(msg.contains(expected), "{msg}");
+        assert!(msg.contains(field) && msg.contains(expected), "{msg}");
     }
+    let mut cfg = Tiny::default().config();
+    cfg["rope_scaling"] = llama3;
+    cfg["rope_parameters"] = serde_json::json!({"rope_type": "default"});
+    write_config(dir.path(), &cfg);
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("describe different rotary embeddings"),
+        "{msg}"
+    );
     // One attention kind for all layers is implemented; transformers 5 lists them per layer.
     for (model_type, kinds, expected) in [
         (
@@ -514,6 +584,22 @@ fn configs_written_by_transformers_5_are_read() {
         cfg["layer_types"] = serde_json::json!(["full_attention", "full_attention"]);
     };
     assert_eq!(theta(&v5), 1e6);
+    // Llama 3.1's scaling, as transformers 4 and 5 write it.
+    let llama3 = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192, "rope_theta": 5e5});
+    let expected = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8192.0,
+    };
+    for field in ["rope_scaling", "rope_parameters"] {
+        let mut cfg = tiny.config();
+        cfg["rope_theta"] = 5e5.into();
+        cfg[field] = llama3.clone();
+        let config = ModelConfig::from_json(cfg).unwrap();
+        assert_eq!((config.rope_theta, config.rope_scaling), (5e5, expected));
+    }
     // The same value in both places, and a `rope_scaling` that says "default", are plain.
     assert_eq!(
         theta(&|cfg| {
