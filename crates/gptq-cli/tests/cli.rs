@@ -33,7 +33,9 @@ fn shared() -> Option<PathBuf> {
     if p.join("README.md").is_file() {
         Some(p)
     } else {
-        println!("skipped: ../shared not found (the SmolLM2 model and WikiText-2 live there)");
+        gptq_core::testing::announce_skip(
+            "../shared not found (the SmolLM2 model and WikiText-2 live there)",
+        );
         None
     }
 }

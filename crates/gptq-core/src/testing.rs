@@ -142,6 +142,18 @@ pub fn check_grid_idempotent<G: QuantGrid + ?Sized>(
     Ok(())
 }
 
+/// Says on standard error that the running test is skipped and why: `skipped NAME: REASON`,
+/// NAME being the test's. It writes to the process's standard error directly, past the test
+/// harness's output capture, so the line shows in every log: with `println!` it would show
+/// only for failing tests or under `--nocapture`, and a CI log could not tell a test that ran
+/// from one that skipped.
+pub fn announce_skip(reason: &str) {
+    use std::io::Write;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr().lock(), "skipped {test}: {reason}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,7 +140,9 @@ mod tests {
     #[test]
     fn a_compile_error_carries_the_nvrtc_log() {
         if !nvrtc_present() || check_nvrtc().is_err() {
-            println!("skipped: libnvrtc cannot be loaded (add its folder to LD_LIBRARY_PATH)");
+            gptq_core::testing::announce_skip(
+                "libnvrtc cannot be loaded (add its folder to LD_LIBRARY_PATH)",
+            );
             return;
         }
         let source = "extern \"C\" __global__ void broken(float* x) { x[0] = undeclared; }";

@@ -55,7 +55,9 @@ fn harness() -> Option<&'static Path> {
                 .output();
             match output {
                 Err(e) => {
-                    println!("skipped: no C compiler ({cc}: {e}) to run the kernel on the host");
+                    gptq_core::testing::announce_skip(&format!(
+                        "no C compiler ({cc}: {e}) to run the kernel on the host"
+                    ));
                     None
                 }
                 Ok(out) if !out.status.success() => panic!(

@@ -26,7 +26,7 @@ fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(backend) => Some(backend),
         Err(e @ GptqError::Unsupported { .. }) => {
-            println!("skipped: {e}");
+            gptq_core::testing::announce_skip(&e.to_string());
             None
         }
         Err(e) => panic!("a GPU driver is present but the CUDA backend cannot start: {e}"),
@@ -84,7 +84,7 @@ fn solve<B: Backend>(
 #[test]
 fn without_a_driver_the_backend_says_so() {
     if CudaBackend::driver_present() {
-        println!("skipped: this machine has an NVIDIA driver");
+        gptq_core::testing::announce_skip("this machine has an NVIDIA driver");
         return;
     }
     let err = CudaBackend::new(0).unwrap_err();

@@ -23,7 +23,9 @@ fn entry<'a>(ptx: &'a str, name: &str) -> &'a str {
 #[test]
 fn the_kernels_compile_to_ptx_without_fused_multiply_adds() {
     if !nvrtc_present() {
-        println!("skipped: libnvrtc cannot be loaded (see this file's header to get one)");
+        gptq_core::testing::announce_skip(
+            "libnvrtc cannot be loaded (see this file's header to get one)",
+        );
         return;
     }
     // Ampere (A100), Hopper (H100/H200).

@@ -27,7 +27,9 @@ macro_rules! require_shared {
         match shared() {
             Some(p) => p,
             None => {
-                eprintln!("skipping: ../shared (test data) not found next to the workspace");
+                gptq_core::testing::announce_skip(
+                    "../shared (test data) not found next to the workspace",
+                );
                 return;
             }
         }

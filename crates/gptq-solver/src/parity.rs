@@ -6,6 +6,7 @@
 //! the packed checkpoint tensors `packed.*`). [`check_case`] runs one case through a backend in
 //! parity and default mode and compares everything.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use gptq_core::{
@@ -102,7 +103,10 @@ pub fn workspace_fixture_dir() -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        println!(
+        // Straight to standard error, past the test harness's capture, so that a test log
+        // shows the skip (as gptq_core::testing::announce_skip does for tests).
+        let _ = writeln!(
+            std::io::stderr().lock(),
             "skipped: reference fixtures not found at {} (set GPTQ_FIXTURES)",
             dir.display()
         );
