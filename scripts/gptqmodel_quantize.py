@@ -28,6 +28,9 @@ def main():
     ap.add_argument("--asym", action="store_true")
     ap.add_argument("--act-order", action="store_true")
     args = ap.parse_args()
+    args.model, args.out, args.calib = map(os.path.abspath, (args.model, args.out, args.calib))
+    # GPTQModel writes a logs/ folder into the working directory: keep it beside the output.
+    os.chdir(os.path.dirname(args.out))
     torch.set_num_threads(2)
     with open(args.calib) as f:
         windows = json.load(f)["windows"][:32]
