@@ -48,6 +48,15 @@ pub fn run(args: Args) -> CliResult {
         }
     );
     println!(
+        "  rotary embeddings: base {}, {}{}",
+        config.rope_theta,
+        config.rope_scaling,
+        match config.sliding_window {
+            Some(w) => format!("; attention window {w} tokens"),
+            None => String::new(),
+        }
+    );
+    println!(
         "  {} tensors in {} file(s), {:.1} MiB",
         names.len(),
         weights.files().len(),

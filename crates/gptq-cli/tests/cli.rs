@@ -343,3 +343,25 @@ fn calibration_that_falls_short_of_the_flags_is_warned_about() {
     }
     assert!(out.join("config.json").is_file());
 }
+
+#[test]
+fn inspect_describes_the_rotary_embeddings() {
+    let tiny = gptq_model::testing::Tiny::default();
+    let model = tiny.write(13);
+    let mut config = tiny.config();
+    config["rope_parameters"] = serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5,
+        "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192});
+    config.as_object_mut().unwrap().remove("rope_theta");
+    gptq_model::testing::write_config(model.path(), &config);
+    let out = gptq(&["inspect", model.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(
+            "rotary embeddings: base 500000, llama3 scaling (factor 8, low/high frequency \
+             factors 1/4, original context 8192)"
+        ),
+        "{}",
+        stdout(&out)
+    );
+}

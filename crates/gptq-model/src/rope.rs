@@ -74,6 +74,26 @@ impl RopeScaling {
     }
 }
 
+impl std::fmt::Display for RopeScaling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            RopeScaling::None => write!(f, "no scaling"),
+            RopeScaling::Linear { factor } => write!(f, "linear scaling (factor {factor})"),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => write!(
+                f,
+                "llama3 scaling (factor {factor}, low/high frequency factors \
+                 {low_freq_factor}/{high_freq_factor}, original context \
+                 {original_max_position_embeddings})"
+            ),
+        }
+    }
+}
+
 /// The rotary base and scaling of a `config.json`. transformers 4 writes `rope_theta` at the
 /// top level and the scaling as `rope_scaling`; transformers 5 writes both inside
 /// `rope_parameters`. Where both places are filled they must agree.
