@@ -119,13 +119,13 @@ impl ModelConfig {
             }
         };
 
-        let hidden_size = req_usize(obj, "hidden_size")?;
-        let intermediate_size = req_usize(obj, "intermediate_size")?;
-        let num_hidden_layers = req_usize(obj, "num_hidden_layers")?;
-        let num_attention_heads = req_usize(obj, "num_attention_heads")?;
+        let hidden_size = req_positive(obj, "hidden_size")?;
+        let intermediate_size = req_positive(obj, "intermediate_size")?;
+        let num_hidden_layers = req_size(obj, "num_hidden_layers")?;
+        let num_attention_heads = req_positive(obj, "num_attention_heads")?;
         let num_key_value_heads =
-            opt_usize(obj, "num_key_value_heads")?.unwrap_or(num_attention_heads);
-        let head_dim = match opt_usize(obj, "head_dim")? {
+            opt_size(obj, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let head_dim = match opt_size(obj, "head_dim")? {
             Some(d) => d,
             None => {
                 if hidden_size % num_attention_heads != 0 {
@@ -157,7 +157,7 @@ impl ModelConfig {
         }
         let rms_norm_eps = opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32;
         let (rope_theta, rope_scaling) = crate::rope::rotary_settings(obj)?;
-        let vocab_size = req_usize(obj, "vocab_size")?;
+        let vocab_size = req_positive(obj, "vocab_size")?;
         let tie_word_embeddings = opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
         // Qwen2's attention has q/k/v biases unconditionally; its config has no field for it.
         let attention_bias =
@@ -214,19 +214,11 @@ impl ModelConfig {
             .and_then(Value::as_u64)
             .map(|n| n as usize);
 
-        for (field, v) in [
-            ("hidden_size", hidden_size),
-            ("intermediate_size", intermediate_size),
-            ("num_attention_heads", num_attention_heads),
-            ("head_dim", head_dim),
-            ("vocab_size", vocab_size),
-        ] {
-            if v == 0 {
-                return Err(ModelError::ConfigField {
-                    field,
-                    reason: "is 0".into(),
-                });
-            }
+        if head_dim == 0 {
+            return Err(ModelError::ConfigField {
+                field: "head_dim",
+                reason: "is 0".into(),
+            });
         }
 
         Ok(Self {
@@ -331,11 +323,37 @@ fn opt_usize(obj: &Obj, field: &'static str) -> Result<Option<usize>> {
     }
 }
 
-fn req_usize(obj: &Obj, field: &'static str) -> Result<usize> {
-    opt_usize(obj, field)?.ok_or(ModelError::ConfigField {
+/// The largest layer dimension, head count or vocabulary accepted: far above any real model's
+/// (vocabularies reach 2^18), and low enough that products of two sizes cannot overflow.
+const MAX_SIZE: usize = 1 << 24;
+
+/// A model dimension: a non-negative integer no larger than [`MAX_SIZE`].
+fn opt_size(obj: &Obj, field: &'static str) -> Result<Option<usize>> {
+    match opt_usize(obj, field)? {
+        Some(v) if v > MAX_SIZE => Err(ModelError::ConfigField {
+            field,
+            reason: format!("is {v}, larger than any model's ({MAX_SIZE} at most)"),
+        }),
+        v => Ok(v),
+    }
+}
+
+fn req_size(obj: &Obj, field: &'static str) -> Result<usize> {
+    opt_size(obj, field)?.ok_or(ModelError::ConfigField {
         field,
         reason: "is missing".into(),
     })
+}
+
+/// A required size that must not be 0 (it divides or multiplies other sizes).
+fn req_positive(obj: &Obj, field: &'static str) -> Result<usize> {
+    match req_size(obj, field)? {
+        0 => Err(ModelError::ConfigField {
+            field,
+            reason: "is 0".into(),
+        }),
+        v => Ok(v),
+    }
 }
 
 pub(crate) fn opt_f64(obj: &Obj, field: &'static str) -> Result<Option<f64>> {

@@ -551,6 +551,17 @@ fn config_errors_name_the_fix() {
 
     for (field, value, expected) in [
         ("head_dim", serde_json::json!(0), "`head_dim` is 0"),
+        // Divides hidden_size when head_dim is absent: refused before it is used.
+        (
+            "num_attention_heads",
+            serde_json::json!(0),
+            "`num_attention_heads` is 0",
+        ),
+        (
+            "intermediate_size",
+            serde_json::json!(1u64 << 40),
+            "larger than any model's",
+        ),
         (
             "rms_norm_eps",
             serde_json::json!(-1.0),
