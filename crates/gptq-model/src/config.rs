@@ -149,6 +149,12 @@ impl ModelConfig {
                 ),
             });
         }
+        if head_dim == 0 {
+            return Err(ModelError::ConfigField {
+                field: "head_dim",
+                reason: "is 0".into(),
+            });
+        }
         if head_dim % 2 != 0 {
             return Err(ModelError::ConfigField {
                 field: "head_dim",
@@ -213,13 +219,6 @@ impl ModelConfig {
             .get("max_position_embeddings")
             .and_then(Value::as_u64)
             .map(|n| n as usize);
-
-        if head_dim == 0 {
-            return Err(ModelError::ConfigField {
-                field: "head_dim",
-                reason: "is 0".into(),
-            });
-        }
 
         Ok(Self {
             architecture,
