@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Usage: scripts/arch_check.sh [OUT_DIR]   (default target/arch-check)
+# Usage: scripts/arch_check.sh [OUT_DIR [ARCH...]]   (default target/arch-check, all of them)
 #
 # Checks gptq-rs against Hugging Face transformers on each architecture it supports, on small
 # random models that transformers itself builds and saves (scripts/tiny_hf_model.py): Qwen2
-# (q/k/v biases, rope_theta 1e6), Mistral (48-token sliding window), Llama (rope_theta 5e5),
+# (q/k/v biases, rope_theta 1e6), Qwen3 (per-head query and key RMSNorm), Mistral (48-token sliding window), Llama (rope_theta 5e5),
 # and Llama with Llama 3.1's and with linear rotary scaling (full precision and one checkpoint).
 # For each: perplexity of the full-precision model, then of 4-bit g64 checkpoints written by
 # `gptq quantize` (symmetric v1, asymmetric v2, symmetric with act-order), by `gptq eval` and by
@@ -17,6 +17,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-target/arch-check}
+shift || true
+only=("$@")
 shared=../shared
 text=$shared/data/wikitext2/wikitext2-test-joined.txt
 calib=$shared/data/calib/smollm2-wikivalid-128x512.json
@@ -73,12 +75,16 @@ check_gptqmodel() {
   compare "$arch GPTQModel asym act-order" "$dir"
 }
 
-for arch in qwen2 mistral llama; do
+wanted() { [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $1 "* ]]; }
+
+for arch in qwen2 qwen3 mistral llama; do
+  wanted "$arch" || continue
   check_arch "$arch" "--sym" "--asym" "--sym --act-order"
   check_gptqmodel "$arch"
 done
 # Rotary frequency scaling (Llama 3.1's, and linear): the forward pass is what differs.
 for arch in llama3-rope linear-rope; do
+  wanted "$arch" || continue
   check_arch "$arch" "--sym"
 done
 exit $failed

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Writes a small random Hugging Face checkpoint of one architecture, saved by transformers.
 
-    tiny_hf_model.py {qwen2,mistral,llama,llama3-rope,linear-rope} OUT_DIR TOKENIZER_DIR
+    tiny_hf_model.py {qwen2,qwen3,mistral,llama,llama3-rope,linear-rope} OUT_DIR TOKENIZER_DIR
 
 The point is what transformers itself writes and computes: its config.json (transformers 5
 writes `rope_parameters` instead of `rope_theta`), its tensor names, and the architecture's
 details gptq-rs must reproduce — Qwen2's q/k/v biases (given random values; transformers
-initialises them to zero) and rope_theta 1e6, Mistral's sliding window (48 tokens, shorter than
+initialises them to zero) and rope_theta 1e6, Qwen3's RMSNorm of each query and key head (with
+a head_dim that is not hidden_size / heads), Mistral's sliding window (48 tokens, shorter than
 the windows scripts/arch_check.sh evaluates), untied heads, Llama 3.1's and linear rotary
 frequency scaling. Weights are drawn with a large
 spread so that the logits, and any difference in them, are far from uniform. The tokenizer
@@ -20,7 +21,7 @@ import sys
 
 import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM)
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 
 def build(kind):
@@ -34,6 +35,9 @@ def build(kind):
             for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
                 torch.nn.init.normal_(proj.bias, std=0.5)
         return model
+    if kind == "qwen3":
+        return Qwen3ForCausalLM(Qwen3Config(tie_word_embeddings=True, rope_theta=1e6, head_dim=48,
+                                            **common))
     if kind == "mistral":
         return MistralForCausalLM(MistralConfig(tie_word_embeddings=False, sliding_window=48,
                                                 **common))
@@ -48,7 +52,8 @@ def build(kind):
     if kind == "linear-rope":
         rope = {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}
         return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, rope_parameters=rope, **common))
-    sys.exit(f"unknown architecture {kind!r}: qwen2, mistral, llama, llama3-rope or linear-rope")
+    sys.exit(f"unknown architecture {kind!r}: qwen2, qwen3, mistral, llama, llama3-rope or "
+             "linear-rope")
 
 
 def main():

@@ -47,6 +47,7 @@ fn smollm2_like() -> DecoderLayer {
         q_proj: lin(&mut rng, LinearId::Q),
         k_proj: lin(&mut rng, LinearId::K),
         v_proj: lin(&mut rng, LinearId::V),
+        head_norms: None,
         o_proj: lin(&mut rng, LinearId::O),
         post_attention_layernorm: Array1::ones(576),
         gate_proj: lin(&mut rng, LinearId::Gate),

@@ -8,15 +8,18 @@ use crate::error::{ModelError, Result};
 use crate::rope::RopeScaling;
 
 /// The Llama-family architectures this crate runs. They share one decoder layout and differ
-/// only in defaults (Qwen2 always has q/k/v biases).
+/// only in defaults (Qwen2 always has q/k/v biases) and in Qwen3's RMSNorm of each query and
+/// key head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Architecture {
     /// `model_type: "llama"` (Llama 1/2, SmolLM, TinyLlama, ...).
     Llama,
     /// `model_type: "mistral"`.
     Mistral,
-    /// `model_type: "qwen2"`.
+    /// `model_type: "qwen2"` (also Qwen2.5).
     Qwen2,
+    /// `model_type: "qwen3"` (dense Qwen3; not the mixture-of-experts `qwen3_moe`).
+    Qwen3,
 }
 
 impl Architecture {
@@ -26,7 +29,14 @@ impl Architecture {
             Self::Llama => "llama",
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
+            Self::Qwen3 => "qwen3",
         }
+    }
+
+    /// Whether each query and key head goes through its own RMSNorm (`self_attn.q_norm`,
+    /// `self_attn.k_norm`, `[head_dim]`) before the rotary embedding: Qwen3's attention.
+    pub fn normalizes_heads(self) -> bool {
+        self == Self::Qwen3
     }
 }
 
@@ -105,13 +115,15 @@ impl ModelConfig {
                 .and_then(Value::as_str)
                 .ok_or(ModelError::ConfigField {
                     field: "model_type",
-                    reason: "is missing: it must name the architecture (llama, mistral, qwen2)"
-                        .into(),
+                    reason:
+                        "is missing: it must name the architecture (llama, mistral, qwen2, qwen3)"
+                            .into(),
                 })?;
         let architecture = match model_type {
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
             other => {
                 return Err(ModelError::UnsupportedArchitecture {
                     model_type: other.to_string(),
@@ -127,6 +139,8 @@ impl ModelConfig {
             opt_size(obj, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         let head_dim = match opt_size(obj, "head_dim")? {
             Some(d) => d,
+            // transformers' Qwen3Config defaults to 128, whatever the other sizes.
+            None if architecture == Architecture::Qwen3 => 128,
             None => {
                 if hidden_size % num_attention_heads != 0 {
                     return Err(ModelError::ConfigField {
@@ -180,12 +194,12 @@ impl ModelConfig {
         }
         let sliding_window = match architecture {
             Architecture::Mistral => opt_usize(obj, "sliding_window")?,
-            Architecture::Qwen2 => {
+            Architecture::Qwen2 | Architecture::Qwen3 => {
                 if opt_bool(obj, "use_sliding_window")?.unwrap_or(false) {
-                    return Err(ModelError::UnsupportedFeature(
-                        "qwen2 with use_sliding_window true: only full attention is implemented"
-                            .into(),
-                    ));
+                    return Err(ModelError::UnsupportedFeature(format!(
+                        "{model_type} with use_sliding_window true: only full attention is \
+                         implemented"
+                    )));
                 }
                 None
             }

@@ -22,7 +22,9 @@ use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, LinearId};
-use crate::ops::{is_parallel, rms_norm_par, silu_mul_inplace, softmax_in_place};
+use crate::ops::{
+    is_parallel, rms_norm_heads_in_place, rms_norm_par, silu_mul_inplace, softmax_in_place,
+};
 use crate::pool::recycle;
 use crate::rope::RopeTable;
 
@@ -49,7 +51,7 @@ fn check_batch(
 }
 
 /// Self-attention up to, not including, `o_proj`: q/k/v projections (with biases if any),
-/// rotary embeddings (Hugging Face rotate-half convention), grouped-query causal attention
+/// Qwen3's per-head RMSNorm of queries and keys (if the layer has one), rotary embeddings (Hugging Face rotate-half convention), grouped-query causal attention
 /// with an f32 max-subtracted softmax. `normed` is `[tokens, hidden]` (the output of the input
 /// RMSNorm); the result is `[tokens, heads·head_dim]`, the input of `o_proj`.
 pub fn attention_core(
@@ -64,6 +66,18 @@ pub fn attention_core(
     let mut q = layer.q_proj.forward(normed, par)?;
     let mut k = layer.k_proj.forward(normed, par)?;
     let v = layer.v_proj.forward(normed, par)?;
+
+    if let Some(norms) = &layer.head_norms {
+        for (m, w) in [(&mut q, &norms.q), (&mut k, &norms.k)] {
+            let w = w.to_vec();
+            rms_norm_heads_in_place(
+                m.as_slice_mut().expect("fresh array"),
+                &w,
+                s.rms_norm_eps,
+                par,
+            );
+        }
+    }
 
     let d = s.head_dim;
     let max_len = seq_lens.iter().copied().max().unwrap_or(0);

@@ -90,6 +90,16 @@ impl std::fmt::Display for LinearId {
     }
 }
 
+/// Qwen3's RMSNorm weights for each query and key head, applied to every head (all with the
+/// same weight) after the projection and before the rotary embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadNorms {
+    /// `self_attn.q_norm`, `[head_dim]`.
+    pub q: Array1<f32>,
+    /// `self_attn.k_norm`, `[head_dim]`.
+    pub k: Array1<f32>,
+}
+
 /// The weights of one decoder layer, owned in f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderLayer {
@@ -105,6 +115,8 @@ pub struct DecoderLayer {
     pub k_proj: Linear,
     /// Value projection `[kv_heads·head_dim, hidden]`.
     pub v_proj: Linear,
+    /// Per-head query and key RMSNorms (Qwen3); `None` for the other architectures.
+    pub head_norms: Option<HeadNorms>,
     /// Attention output projection `[hidden, heads·head_dim]`.
     pub o_proj: Linear,
     /// RMSNorm weight before the MLP, `[hidden]`.
@@ -148,14 +160,26 @@ impl DecoderLayer {
     /// (or edited) fails here rather than deep inside a product.
     pub fn validate(&self) -> Result<()> {
         let h = self.shape.hidden_size;
-        for (what, v) in [
-            ("input_layernorm", &self.input_layernorm),
-            ("post_attention_layernorm", &self.post_attention_layernorm),
-        ] {
-            if v.len() != h {
+        let d = self.shape.head_dim;
+        let head_norms = self
+            .head_norms
+            .iter()
+            .flat_map(|n| [("self_attn.q_norm", &n.q, d), ("self_attn.k_norm", &n.k, d)]);
+        for (what, v, len) in [
+            ("input_layernorm", &self.input_layernorm, h),
+            (
+                "post_attention_layernorm",
+                &self.post_attention_layernorm,
+                h,
+            ),
+        ]
+        .into_iter()
+        .chain(head_norms)
+        {
+            if v.len() != len {
                 return Err(ModelError::shape(
                     what,
-                    format!("[{h}]"),
+                    format!("[{len}]"),
                     format!("[{}]", v.len()),
                 ));
             }

@@ -1,6 +1,7 @@
 //! # gptq-model
 //!
-//! Llama-family Hugging Face checkpoints (llama, mistral, qwen2) for gptq-rs, on the CPU in f32:
+//! Llama-family Hugging Face checkpoints (llama, mistral, qwen2, qwen3) for gptq-rs, on the CPU
+//! in f32:
 //!
 //! - [`Checkpoint`]: `config.json` parsed into [`ModelConfig`], `model.safetensors` (or its
 //!   shards) memory-mapped; [`Checkpoint::load_layer`] converts one [`DecoderLayer`] to f32 at a
@@ -44,7 +45,7 @@ pub use error::{ModelError, Result};
 pub use eval::{PerplexityOptions, PerplexityReport, eval_windows, perplexity};
 pub use forward::{LinearInput, attention_core, forward_layer, forward_layer_observed, mlp_inner};
 pub use gptq::GptqQuantization;
-pub use layer::{DecoderLayer, LinearId};
+pub use layer::{DecoderLayer, HeadNorms, LinearId};
 pub use linear::Linear;
 pub use model::{Checkpoint, EMBED_TOKENS, FINAL_NORM, LM_HEAD, Model, NllSum, embed};
 pub use ops::{exp_f32, rms_norm, rms_norm_par};

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::forward::forward_layer;
-use crate::layer::{DecoderLayer, LinearId};
+use crate::layer::{DecoderLayer, HeadNorms, LinearId};
 use crate::linear::{Linear, matmul_xwt};
 use crate::ops::{is_parallel, log_sum_exp, rms_norm_par};
 use crate::pool::recycle;
@@ -95,19 +95,28 @@ impl Checkpoint {
             };
             Linear::new(weight, bias)
         };
-        let norm = |name: &str| {
+        let norm = |name: &str, len: usize| {
             self.weights
-                .load_vector(&format!("model.layers.{i}.{name}.weight"), h)
+                .load_vector(&format!("model.layers.{i}.{name}.weight"), len)
+        };
+        let head_norms = if c.architecture.normalizes_heads() {
+            Some(HeadNorms {
+                q: norm("self_attn.q_norm", c.head_dim)?,
+                k: norm("self_attn.k_norm", c.head_dim)?,
+            })
+        } else {
+            None
         };
         let layer = DecoderLayer {
             index: i,
             shape,
-            input_layernorm: norm("input_layernorm")?,
+            input_layernorm: norm("input_layernorm", h)?,
             q_proj: linear(LinearId::Q)?,
             k_proj: linear(LinearId::K)?,
             v_proj: linear(LinearId::V)?,
+            head_norms,
             o_proj: linear(LinearId::O)?,
-            post_attention_layernorm: norm("post_attention_layernorm")?,
+            post_attention_layernorm: norm("post_attention_layernorm", h)?,
             gate_proj: linear(LinearId::Gate)?,
             up_proj: linear(LinearId::Up)?,
             down_proj: linear(LinearId::Down)?,
@@ -124,8 +133,16 @@ impl Checkpoint {
         let c = &self.config;
         let shape = c.layer_shape();
         for i in 0..c.num_hidden_layers {
+            let head_norms: &[&str] = if c.architecture.normalizes_heads() {
+                &["self_attn.q_norm", "self_attn.k_norm"]
+            } else {
+                &[]
+            };
             let norms = ["input_layernorm", "post_attention_layernorm"]
-                .map(|n| (format!("model.layers.{i}.{n}.weight"), vec![c.hidden_size]));
+                .map(|n| (n, c.hidden_size))
+                .into_iter()
+                .chain(head_norms.iter().map(|&n| (n, c.head_dim)))
+                .map(|(n, len)| (format!("model.layers.{i}.{n}.weight"), vec![len]));
             let linears = LinearId::ALL.into_iter().flat_map(|id| {
                 let (rows, columns) = id.dims(&shape);
                 let prefix = id.tensor_prefix(i);
@@ -354,7 +371,8 @@ pub fn embed(table: ArrayView2<'_, f32>, tokens: &[u32]) -> Result<Array2<f32>> 
 fn has_bias(config: &ModelConfig, id: LinearId) -> bool {
     match id {
         LinearId::Q | LinearId::K | LinearId::V => config.attention_bias,
-        // Qwen2 has q/k/v biases but none on o_proj; Llama's attention_bias covers o.
+        // Qwen2 has q/k/v biases but none on o_proj; Llama's (and Qwen3's) attention_bias
+        // covers o.
         LinearId::O => config.attention_bias && config.architecture != crate::Architecture::Qwen2,
         LinearId::Gate | LinearId::Up | LinearId::Down => config.mlp_bias,
     }

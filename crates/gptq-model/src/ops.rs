@@ -84,17 +84,7 @@ pub fn rms_norm_par(
     let dst = out.as_slice_mut().expect("fresh array");
     let norm_rows = |(src, dst): (&[f32], &mut [f32])| {
         for (xr, yr) in src.chunks_exact(h).zip(dst.chunks_exact_mut(h)) {
-            // Eight partial sums: vectorizes, and rounds no worse than a pairwise sum.
-            let mut acc = [0f32; 8];
-            let mut chunks = xr.chunks_exact(8);
-            for c in &mut chunks {
-                for i in 0..8 {
-                    acc[i] += c[i] * c[i];
-                }
-            }
-            let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-            let ss = acc.iter().sum::<f32>() + tail;
-            let inv = 1.0 / (ss / h as f32 + eps).sqrt();
+            let inv = inverse_rms(xr, eps);
             for ((y, &v), &g) in yr.iter_mut().zip(xr).zip(&w) {
                 *y = g * (v * inv);
             }
@@ -111,6 +101,45 @@ pub fn rms_norm_par(
             .for_each(norm_rows);
     }
     Ok(out)
+}
+
+/// `1 / sqrt(mean(x²) + eps)`, the factor RMSNorm scales a row by.
+fn inverse_rms(x: &[f32], eps: f32) -> f32 {
+    // Eight partial sums: vectorizes, and rounds no worse than a pairwise sum.
+    let mut acc = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for i in 0..8 {
+            acc[i] += c[i] * c[i];
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    let ss = acc.iter().sum::<f32>() + tail;
+    1.0 / (ss / x.len() as f32 + eps).sqrt()
+}
+
+/// RMSNorm of every `weight.len()`-wide head of every row of the row-major `x`, in place, all
+/// heads with the same weight (Qwen3's `q_norm` and `k_norm`).
+pub(crate) fn rms_norm_heads_in_place(x: &mut [f32], weight: &[f32], eps: f32, par: Par) {
+    let d = weight.len();
+    if d == 0 {
+        return;
+    }
+    let norm_heads = |rows: &mut [f32]| {
+        for head in rows.chunks_exact_mut(d) {
+            let inv = inverse_rms(head, eps);
+            for (v, &g) in head.iter_mut().zip(weight) {
+                *v = g * (*v * inv);
+            }
+        }
+    };
+    // Rows are a whole number of heads wide, so any multiple of d is a clean chunk.
+    let chunk = ROWS_PER_TASK * d;
+    if is_parallel(par) {
+        x.par_chunks_mut(chunk).for_each(norm_heads);
+    } else {
+        x.chunks_mut(chunk).for_each(norm_heads);
+    }
 }
 
 /// Whether this CPU runs the AVX2+FMA versions of the element-wise kernels. The crate is

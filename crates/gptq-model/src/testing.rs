@@ -44,7 +44,7 @@ impl Drop for TempDir {
 /// Dimensions of a tiny model.
 #[derive(Clone, Copy, Debug)]
 pub struct Tiny {
-    /// `model_type` (llama, mistral, qwen2).
+    /// `model_type` (llama, mistral, qwen2, qwen3).
     pub model_type: &'static str,
     /// Hidden size.
     pub hidden: usize,
@@ -85,7 +85,7 @@ impl Tiny {
 
     /// The `config.json` value.
     pub fn config(&self) -> Value {
-        json!({
+        let mut config = json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": self.model_type,
             "hidden_size": self.hidden,
@@ -99,7 +99,12 @@ impl Tiny {
             "tie_word_embeddings": self.tied,
             "hidden_act": "silu",
             "bos_token_id": 1
-        })
+        });
+        // Qwen3's head_dim defaults to 128, not hidden / heads.
+        if self.model_type == "qwen3" {
+            config["head_dim"] = self.head_dim().into();
+        }
+        config
     }
 
     /// Every tensor of the model, random, in f32, in a sorted map.
@@ -183,6 +188,11 @@ impl Tiny {
                 ws,
                 0.0,
             );
+            if self.model_type == "qwen3" {
+                for n in ["q_norm", "k_norm"] {
+                    add(format!("{p}.self_attn.{n}.weight"), vec![d], 0.5, 1.0);
+                }
+            }
             if self.model_type == "qwen2" {
                 for (n, w) in [
                     ("q_proj", self.heads * d),

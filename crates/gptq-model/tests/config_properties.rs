@@ -75,7 +75,7 @@ proptest! {
 
     #[test]
     fn reading_a_mangled_config_never_panics(
-        model_type in prop_oneof![Just("llama"), Just("mistral"), Just("qwen2")],
+        model_type in prop_oneof![Just("llama"), Just("mistral"), Just("qwen2"), Just("qwen3")],
         edits in prop::collection::vec((any::<usize>(), prop::option::of(odd_value())), 1..5),
     ) {
         let config = mangle(full_config(model_type), &edits);
@@ -86,7 +86,7 @@ proptest! {
 
 #[test]
 fn the_unmangled_configs_are_valid() {
-    for model_type in ["llama", "mistral", "qwen2"] {
+    for model_type in ["llama", "mistral", "qwen2", "qwen3"] {
         let mut config = full_config(model_type);
         // The sliding window and layer kinds must agree with the architecture.
         if model_type == "mistral" {

@@ -45,16 +45,19 @@ fn frequency(sh: LayerShape, i: usize) -> f64 {
 /// The decoder layer written out loop by loop in f64, for one sequence.
 fn reference_layer(layer: &DecoderLayer, x: &Array2<f32>) -> Array2<f64> {
     let sh = layer.shape;
-    let (t, h) = x.dim();
+    let t = x.nrows();
     let d = sh.head_dim;
     let x: Array2<f64> = x.mapv(f64::from);
+    // RMSNorm of every `w.len()`-wide piece of every row: whole rows, or heads.
     let norm = |x: &Array2<f64>, w: &ndarray::Array1<f32>| {
         let mut y = x.clone();
         for mut row in y.rows_mut() {
-            let ms = row.iter().map(|v| v * v).sum::<f64>() / h as f64;
-            let inv = 1.0 / (ms + sh.rms_norm_eps as f64).sqrt();
-            for (v, &g) in row.iter_mut().zip(w) {
-                *v *= inv * g as f64;
+            for piece in row.as_slice_mut().unwrap().chunks_mut(w.len()) {
+                let ms = piece.iter().map(|v| v * v).sum::<f64>() / w.len() as f64;
+                let inv = 1.0 / (ms + sh.rms_norm_eps as f64).sqrt();
+                for (v, &g) in piece.iter_mut().zip(w) {
+                    *v *= inv * g as f64;
+                }
             }
         }
         y
@@ -84,6 +87,10 @@ fn reference_layer(layer: &DecoderLayer, x: &Array2<f32>) -> Array2<f64> {
     let mut q = lin(&n1, LinearId::Q);
     let mut k = lin(&n1, LinearId::K);
     let v = lin(&n1, LinearId::V);
+    if let Some(n) = &layer.head_norms {
+        q = norm(&q, &n.q);
+        k = norm(&k, &n.k);
+    }
     rope(&mut q, sh.num_heads);
     rope(&mut k, sh.num_kv_heads);
     let group = sh.num_heads / sh.num_kv_heads;
@@ -142,6 +149,13 @@ fn forward_layer_matches_naive_reference() {
             Tiny {
                 kv_heads: 1,
                 model_type: "qwen2",
+                ..Tiny::default()
+            },
+            Par::rayon(2),
+        ),
+        (
+            Tiny {
+                model_type: "qwen3",
                 ..Tiny::default()
             },
             Par::rayon(2),
@@ -460,7 +474,7 @@ fn config_errors_name_the_fix() {
     write_config(dir.path(), &cfg);
     assert_eq!(
         open_err(dir.path()),
-        "unsupported architecture `gpt2`: supported are llama, mistral, qwen2"
+        "unsupported architecture `gpt2`: supported are llama, mistral, qwen2, qwen3"
     );
 
     let mut cfg = Tiny::default().config();
@@ -726,6 +740,76 @@ fn qwen2_loads_qkv_biases() {
         assert!(layer.linear(id).bias.is_some(), "{id}");
     }
     assert!(layer.o_proj.bias.is_none());
+}
+
+#[test]
+fn qwen3_loads_head_norms() {
+    let tiny = Tiny {
+        model_type: "qwen3",
+        ..Tiny::default()
+    };
+    let dir = tiny.write(3);
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert!(!ckpt.config().attention_bias);
+    let layer = ckpt.load_layer(0).unwrap();
+    let norms = layer
+        .head_norms
+        .as_ref()
+        .expect("qwen3 layers have head norms");
+    assert_eq!((norms.q.len(), norms.k.len()), (8, 8));
+    assert!(
+        LinearId::ALL
+            .iter()
+            .all(|&id| layer.linear(id).bias.is_none())
+    );
+    ckpt.check_layer_tensors().unwrap();
+
+    // As in transformers: head_dim defaults to 128 for qwen3, and attention_bias covers o_proj.
+    let mut cfg = tiny.config();
+    cfg.as_object_mut().unwrap().remove("head_dim");
+    assert_eq!(ModelConfig::from_json(cfg).unwrap().head_dim, 128);
+    let mut cfg = tiny.config();
+    cfg["attention_bias"] = true.into();
+    let mut tensors = tiny.tensors(3);
+    for l in 0..tiny.layers {
+        for (n, w) in [("q", 32), ("k", 16), ("v", 16), ("o", 32)] {
+            let values = vec![0.1; w];
+            tensors.insert(
+                format!("model.layers.{l}.self_attn.{n}_proj.bias"),
+                (vec![w], values),
+            );
+        }
+    }
+    write_config(dir.path(), &cfg);
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors, Dtype::F32);
+    let layer = Checkpoint::open(dir.path()).unwrap().load_layer(1).unwrap();
+    assert!(
+        LinearId::ALL[..4]
+            .iter()
+            .all(|&id| layer.linear(id).bias.is_some())
+    );
+
+    let mut cfg = tiny.config();
+    cfg["use_sliding_window"] = true.into();
+    write_config(dir.path(), &cfg);
+    assert!(open_err(dir.path()).contains("qwen3 with use_sliding_window true"));
+
+    // A checkpoint without the head norms is refused from its headers, naming the tensor.
+    write_config(dir.path(), &tiny.config());
+    let mut tensors = tiny.tensors(3);
+    tensors.remove("model.layers.1.self_attn.k_norm.weight");
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors, Dtype::F32);
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let err = ckpt.check_layer_tensors().unwrap_err().to_string();
+    assert!(
+        err.contains("model.layers.1.self_attn.k_norm.weight"),
+        "{err}"
+    );
+    let err = ckpt.load_layer(1).unwrap_err().to_string();
+    assert!(
+        err.contains("model.layers.1.self_attn.k_norm.weight"),
+        "{err}"
+    );
 }
 
 #[test]
