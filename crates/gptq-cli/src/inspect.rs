@@ -32,7 +32,7 @@ pub fn run(args: Args) -> CliResult {
     }
     println!("{}", args.dir.display());
     println!(
-        "  architecture {:?}: {} layers, hidden {}, MLP {}, {} heads ({} key/value), head dim {}, vocab {}{}",
+        "  architecture {:?}: {} layers, hidden {}, MLP {}, {} heads ({} key/value), head dim {}{}, vocab {}{}",
         config.architecture,
         config.num_hidden_layers,
         config.hidden_size,
@@ -40,6 +40,11 @@ pub fn run(args: Args) -> CliResult {
         config.num_attention_heads,
         config.num_key_value_heads,
         config.head_dim,
+        if config.architecture.normalizes_heads() {
+            " (query and key heads RMS-normed)"
+        } else {
+            ""
+        },
         config.vocab_size,
         if config.tie_word_embeddings {
             ", tied embeddings"

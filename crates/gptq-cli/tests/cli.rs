@@ -345,7 +345,7 @@ fn calibration_that_falls_short_of_the_flags_is_warned_about() {
 }
 
 #[test]
-fn inspect_describes_the_rotary_embeddings() {
+fn inspect_describes_rotary_embeddings_and_head_norms() {
     let tiny = gptq_model::testing::Tiny::default();
     let model = tiny.write(13);
     let mut config = tiny.config();
@@ -361,6 +361,18 @@ fn inspect_describes_the_rotary_embeddings() {
             "rotary embeddings: base 500000, llama3 scaling (factor 8, low/high frequency \
              factors 1/4, original context 8192)"
         ),
+        "{}",
+        stdout(&out)
+    );
+
+    let qwen3 = gptq_model::testing::Tiny {
+        model_type: "qwen3",
+        ..tiny
+    };
+    let model = qwen3.write(13);
+    let out = gptq(&["inspect", model.path().to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("head dim 8 (query and key heads RMS-normed)"),
         "{}",
         stdout(&out)
     );
