@@ -13,6 +13,53 @@
 //! 4. [`RunReport`]: per-module loss, damping and time, stage times, peak memory.
 //!
 //! Progress is reported through [`Progress`] events, drawn by the caller.
+//!
+//! # Example
+//!
+//! What `gptq quantize` and `gptq eval` do, as a library. A tiny random Llama written to a
+//! temporary directory (`gptq_model::testing`) stands in for a Hugging Face model directory.
+//!
+//! ```
+//! use gptq_core::{GroupSize, QuantConfig};
+//! use gptq_model::testing::{TempDir, Tiny};
+//! use gptq_model::{Checkpoint, PerplexityOptions, perplexity};
+//! use gptq_pipeline::{PipelineOptions, Silent, WriteOptions, quantize_model, write_checkpoint};
+//! use gptq_solver::CpuBackend;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let model_dir = Tiny::default().write(7);
+//! let source = Checkpoint::open(model_dir.path())?;
+//!
+//! // Calibration token windows; `CalibrationSource::load` makes them from a text, a JSONL of
+//! // texts or a token-id file.
+//! let windows: Vec<Vec<u32>> = (0..16)
+//!     .map(|s| (0..48).map(|t| (s * 13 + t * t) % 64).collect())
+//!     .collect();
+//! let config = QuantConfig::builder()
+//!     .bits(4)
+//!     .group_size(GroupSize::Columns(16))
+//!     .symmetric(false)
+//!     .build()?;
+//! let options = PipelineOptions::new(config);
+//! let backend = CpuBackend::with_threads(options.threads);
+//! let quantized = quantize_model(&source, &windows, &backend, &options, &mut Silent)?;
+//! assert_eq!(quantized.linears.len(), 2 * 7); // two layers of seven linears
+//!
+//! // A GPTQ checkpoint directory, renamed into place only once complete.
+//! let out_root = TempDir::new("example");
+//! let out = out_root.path().join("tiny-w4g16");
+//! write_checkpoint(&source, &quantized, &options, &out, &WriteOptions::default())?;
+//!
+//! // Read back like any GPTQ checkpoint, and compare perplexities on held-out tokens.
+//! let text: Vec<u32> = (0..256).map(|t| (t * 7 + t * t / 3) % 64).collect();
+//! let eval = PerplexityOptions::new(64);
+//! let before = perplexity(&source.load_model()?, &text, &eval, |_, _| {})?;
+//! let after = perplexity(&Checkpoint::open(&out)?.load_model()?, &text, &eval, |_, _| {})?;
+//! assert!(after.perplexity.is_finite() && after.windows == 4);
+//! println!("perplexity {:.2} -> {:.2}", before.perplexity, after.perplexity);
+//! # Ok(())
+//! # }
+//! ```
 
 #![warn(missing_docs)]
 
