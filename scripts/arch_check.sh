@@ -3,7 +3,8 @@
 #
 # Checks gptq-rs against Hugging Face transformers on each architecture it supports, on small
 # random models that transformers itself builds and saves (scripts/tiny_hf_model.py): Qwen2
-# (q/k/v biases, rope_theta 1e6), Qwen3 (per-head query and key RMSNorm), Mistral (48-token sliding window), Llama (rope_theta 5e5),
+# (q/k/v biases, rope_theta 1e6), Qwen3 (per-head query and key RMSNorm), SmolLM3 (a layer
+# without rotary embeddings), Mistral (48-token sliding window), Llama (rope_theta 5e5),
 # and Llama with Llama 3.1's and with linear rotary scaling (full precision and one checkpoint).
 # For each: perplexity of the full-precision model, then of 4-bit g64 checkpoints written by
 # `gptq quantize` (symmetric v1, asymmetric v2, symmetric with act-order), by `gptq eval` and by
@@ -77,7 +78,7 @@ check_gptqmodel() {
 
 wanted() { [ ${#only[@]} -eq 0 ] || [[ " ${only[*]} " == *" $1 "* ]]; }
 
-for arch in qwen2 qwen3 mistral llama; do
+for arch in qwen2 qwen3 smollm3 mistral llama; do
   wanted "$arch" || continue
   check_arch "$arch" "--sym" "--asym" "--sym --act-order"
   check_gptqmodel "$arch"

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Writes a small random Hugging Face checkpoint of one architecture, saved by transformers.
 
-    tiny_hf_model.py {qwen2,qwen3,mistral,llama,llama3-rope,linear-rope} OUT_DIR TOKENIZER_DIR
+    tiny_hf_model.py {qwen2,qwen3,smollm3,mistral,llama,llama3-rope,linear-rope} OUT_DIR
+        TOKENIZER_DIR
 
 The point is what transformers itself writes and computes: its config.json (transformers 5
 writes `rope_parameters` instead of `rope_theta`), its tensor names, and the architecture's
 details gptq-rs must reproduce — Qwen2's q/k/v biases (given random values; transformers
 initialises them to zero) and rope_theta 1e6, Qwen3's RMSNorm of each query and key head (with
-a head_dim that is not hidden_size / heads), Mistral's sliding window (48 tokens, shorter than
+a head_dim that is not hidden_size / heads), SmolLM3's layers without rotary embeddings,
+Mistral's sliding window (48 tokens, shorter than
 the windows scripts/arch_check.sh evaluates), untied heads, Llama 3.1's and linear rotary
 frequency scaling. Weights are drawn with a large
 spread so that the logits, and any difference in them, are far from uniform. The tokenizer
@@ -21,7 +23,8 @@ import sys
 
 import torch
 from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM,
+                          SmolLM3Config, SmolLM3ForCausalLM)
 
 
 def build(kind):
@@ -38,6 +41,11 @@ def build(kind):
     if kind == "qwen3":
         return Qwen3ForCausalLM(Qwen3Config(tie_word_embeddings=True, rope_theta=1e6, head_dim=48,
                                             **common))
+    if kind == "smollm3":
+        # Layers 0 and 2 rotary, layer 1 not (transformers' default would drop every 4th).
+        return SmolLM3ForCausalLM(SmolLM3Config(tie_word_embeddings=True, rope_theta=2e6,
+                                                no_rope_layers=[1, 0, 1], pad_token_id=None,
+                                                **common))
     if kind == "mistral":
         return MistralForCausalLM(MistralConfig(tie_word_embeddings=False, sliding_window=48,
                                                 **common))
@@ -52,7 +60,7 @@ def build(kind):
     if kind == "linear-rope":
         rope = {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}
         return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, rope_parameters=rope, **common))
-    sys.exit(f"unknown architecture {kind!r}: qwen2, qwen3, mistral, llama, llama3-rope or "
+    sys.exit(f"unknown architecture {kind!r}: qwen2, qwen3, smollm3, mistral, llama, llama3-rope or "
              "linear-rope")
 
 

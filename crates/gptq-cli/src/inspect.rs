@@ -32,8 +32,8 @@ pub fn run(args: Args) -> CliResult {
     }
     println!("{}", args.dir.display());
     println!(
-        "  architecture {:?}: {} layers, hidden {}, MLP {}, {} heads ({} key/value), head dim {}{}, vocab {}{}",
-        config.architecture,
+        "  architecture {}: {} layers, hidden {}, MLP {}, {} heads ({} key/value), head dim {}{}, vocab {}{}",
+        config.architecture.model_type(),
         config.num_hidden_layers,
         config.hidden_size,
         config.intermediate_size,
@@ -52,10 +52,19 @@ pub fn run(args: Args) -> CliResult {
             ""
         }
     );
+    let without_rotary: Vec<String> = (0..config.num_hidden_layers)
+        .filter(|&i| !config.is_rotary(i))
+        .map(|i| i.to_string())
+        .collect();
     println!(
-        "  rotary embeddings: base {}, {}{}",
+        "  rotary embeddings: base {}, {}{}{}",
         config.rope_theta,
         config.rope_scaling,
+        if without_rotary.is_empty() {
+            String::new()
+        } else {
+            format!(" (none in layers {})", without_rotary.join(", "))
+        },
         match config.sliding_window {
             Some(w) => format!("; attention window {w} tokens"),
             None => String::new(),
@@ -73,7 +82,7 @@ pub fn run(args: Args) -> CliResult {
             *size as f64 / (1 << 20) as f64
         );
     }
-    let shape = config.layer_shape();
+    let shape = config.layer_shape(0); // every layer has the same dimensions
     let linears: Vec<(usize, LinearId)> = (0..config.num_hidden_layers)
         .flat_map(|layer| LinearId::ALL.into_iter().map(move |id| (layer, id)))
         .collect();

@@ -376,4 +376,17 @@ fn inspect_describes_rotary_embeddings_and_head_norms() {
         "{}",
         stdout(&out)
     );
+
+    let smollm3 = gptq_model::testing::Tiny {
+        model_type: "smollm3",
+        layers: 4,
+        ..tiny
+    };
+    let model = smollm3.write(13);
+    let out = gptq(&["inspect", model.path().to_str().unwrap()]);
+    assert!(
+        stdout(&out).contains("base 10000, no scaling (none in layers 1, 3)"),
+        "{}",
+        stdout(&out)
+    );
 }

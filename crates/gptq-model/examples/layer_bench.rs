@@ -34,6 +34,7 @@ fn smollm2_like() -> DecoderLayer {
         rope_theta: 1e5,
         rope_scaling: RopeScaling::None,
         sliding_window: None,
+        rotary: true,
     };
     let mut rng = SplitMix64::new(1);
     let lin = |rng: &mut SplitMix64, id: LinearId| {

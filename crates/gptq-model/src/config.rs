@@ -8,8 +8,8 @@ use crate::error::{ModelError, Result};
 use crate::rope::RopeScaling;
 
 /// The Llama-family architectures this crate runs. They share one decoder layout and differ
-/// only in defaults (Qwen2 always has q/k/v biases) and in Qwen3's RMSNorm of each query and
-/// key head.
+/// only in defaults (Qwen2 always has q/k/v biases), in Qwen3's RMSNorm of each query and key
+/// head, and in SmolLM3's layers without rotary embeddings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Architecture {
     /// `model_type: "llama"` (Llama 1/2, SmolLM, TinyLlama, ...).
@@ -20,6 +20,9 @@ pub enum Architecture {
     Qwen2,
     /// `model_type: "qwen3"` (dense Qwen3; not the mixture-of-experts `qwen3_moe`).
     Qwen3,
+    /// `model_type: "smollm3"`: Llama with no rotary embedding in some layers
+    /// (`no_rope_layers`).
+    SmolLm3,
 }
 
 impl Architecture {
@@ -30,6 +33,15 @@ impl Architecture {
             Self::Mistral => "mistral",
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
+            Self::SmolLm3 => "smollm3",
+        }
+    }
+
+    /// The rotary base transformers uses when config.json gives none.
+    fn default_rope_theta(self) -> f64 {
+        match self {
+            Self::SmolLm3 => 2e6,
+            _ => 1e4,
         }
     }
 
@@ -75,6 +87,9 @@ pub struct ModelConfig {
     /// Mistral's sliding attention window, if any: a query attends to at most this many
     /// keys ending at itself.
     pub sliding_window: Option<usize>,
+    /// Which layers apply the rotary embedding (SmolLM3's `no_rope_layers`); `None` when
+    /// every layer does.
+    pub rotary_layers: Option<Vec<bool>>,
     /// `bos_token_id`, if given.
     pub bos_token_id: Option<u32>,
     /// The longest sequence the model was trained for, if the config gives it: windows past it
@@ -115,15 +130,16 @@ impl ModelConfig {
                 .and_then(Value::as_str)
                 .ok_or(ModelError::ConfigField {
                     field: "model_type",
-                    reason:
-                        "is missing: it must name the architecture (llama, mistral, qwen2, qwen3)"
-                            .into(),
+                    reason: "is missing: it must name the architecture (llama, mistral, qwen2, \
+                             qwen3, smollm3)"
+                        .into(),
                 })?;
         let architecture = match model_type {
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
             "qwen2" => Architecture::Qwen2,
             "qwen3" => Architecture::Qwen3,
+            "smollm3" => Architecture::SmolLm3,
             other => {
                 return Err(ModelError::UnsupportedArchitecture {
                     model_type: other.to_string(),
@@ -176,9 +192,11 @@ impl ModelConfig {
             });
         }
         let rms_norm_eps = opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32;
-        let (rope_theta, rope_scaling) = crate::rope::rotary_settings(obj)?;
+        let (rope_theta, rope_scaling) =
+            crate::rope::rotary_settings(obj, architecture.default_rope_theta())?;
         let vocab_size = req_positive(obj, "vocab_size")?;
-        let tie_word_embeddings = opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
+        let tie_word_embeddings =
+            opt_bool(obj, "tie_word_embeddings")?.unwrap_or(architecture == Architecture::SmolLm3);
         // Qwen2's attention has q/k/v biases unconditionally; its config has no field for it.
         let attention_bias =
             opt_bool(obj, "attention_bias")?.unwrap_or(architecture == Architecture::Qwen2);
@@ -194,7 +212,7 @@ impl ModelConfig {
         }
         let sliding_window = match architecture {
             Architecture::Mistral => opt_usize(obj, "sliding_window")?,
-            Architecture::Qwen2 | Architecture::Qwen3 => {
+            Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLm3 => {
                 if opt_bool(obj, "use_sliding_window")?.unwrap_or(false) {
                     return Err(ModelError::UnsupportedFeature(format!(
                         "{model_type} with use_sliding_window true: only full attention is \
@@ -204,6 +222,10 @@ impl ModelConfig {
                 None
             }
             Architecture::Llama => None,
+        };
+        let rotary_layers = match architecture {
+            Architecture::SmolLm3 => Some(smollm3_rotary_layers(obj, num_hidden_layers)?),
+            _ => None,
         };
         // transformers 5 lists each layer's attention kind; one kind for all layers is what
         // is implemented.
@@ -250,6 +272,7 @@ impl ModelConfig {
             attention_bias,
             mlp_bias,
             sliding_window,
+            rotary_layers,
             bos_token_id,
             max_position_embeddings,
             quantization: crate::GptqQuantization::from_config(&raw)?,
@@ -269,8 +292,9 @@ impl ModelConfig {
         })
     }
 
-    /// The per-layer dimensions the forward stages need.
-    pub fn layer_shape(&self) -> LayerShape {
+    /// The dimensions and constants of decoder layer `layer` (all layers have the same
+    /// dimensions; SmolLM3's differ in [`LayerShape::rotary`]).
+    pub fn layer_shape(&self, layer: usize) -> LayerShape {
         LayerShape {
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
@@ -281,6 +305,52 @@ impl ModelConfig {
             rope_theta: self.rope_theta,
             rope_scaling: self.rope_scaling,
             sliding_window: self.sliding_window,
+            rotary: self.is_rotary(layer),
+        }
+    }
+
+    /// Whether decoder layer `layer` applies the rotary embedding to queries and keys.
+    pub fn is_rotary(&self, layer: usize) -> bool {
+        self.rotary_layers
+            .as_ref()
+            .is_none_or(|layers| layers.get(layer).copied().unwrap_or(true))
+    }
+}
+
+/// SmolLM3's `no_rope_layers` (despite the name, 1 marks a layer *with* rotary embeddings), or
+/// when absent, as transformers derives it: every `no_rope_layer_interval`-th layer (4 by
+/// default) has none.
+fn smollm3_rotary_layers(obj: &Obj, layers: usize) -> Result<Vec<bool>> {
+    let field = "no_rope_layers";
+    match obj.get(field).filter(|v| !v.is_null()) {
+        Some(v) => {
+            let flags = v.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
+                ModelError::ConfigField {
+                    field,
+                    reason: format!("is {v}, expected a list of {layers} zeros and ones"),
+                }
+            })?;
+            flags
+                .iter()
+                .map(|f| match (f.as_u64(), f.as_bool()) {
+                    (Some(0), _) | (_, Some(false)) => Ok(false),
+                    (Some(1), _) | (_, Some(true)) => Ok(true),
+                    _ => Err(ModelError::ConfigField {
+                        field,
+                        reason: format!("holds {f}, expected 0 (no rotary) or 1 (rotary)"),
+                    }),
+                })
+                .collect()
+        }
+        None => {
+            let interval = opt_size(obj, "no_rope_layer_interval")?.unwrap_or(4);
+            if interval == 0 {
+                return Err(ModelError::ConfigField {
+                    field: "no_rope_layer_interval",
+                    reason: "is 0".into(),
+                });
+            }
+            Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
         }
     }
 }
@@ -307,6 +377,8 @@ pub struct LayerShape {
     pub rope_scaling: RopeScaling,
     /// Sliding attention window (Mistral), if any.
     pub sliding_window: Option<usize>,
+    /// Whether queries and keys get the rotary embedding (false in SmolLM3's NoPE layers).
+    pub rotary: bool,
 }
 
 impl LayerShape {

@@ -42,7 +42,9 @@ pub enum ModelError {
     },
 
     /// The `model_type` is not a Llama-family architecture.
-    #[error("unsupported architecture `{model_type}`: supported are llama, mistral, qwen2, qwen3")]
+    #[error(
+        "unsupported architecture `{model_type}`: supported are llama, mistral, qwen2, qwen3, smollm3"
+    )]
     UnsupportedArchitecture {
         /// The `model_type` found in config.json.
         model_type: String,

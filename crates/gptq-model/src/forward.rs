@@ -51,7 +51,8 @@ fn check_batch(
 }
 
 /// Self-attention up to, not including, `o_proj`: q/k/v projections (with biases if any),
-/// Qwen3's per-head RMSNorm of queries and keys (if the layer has one), rotary embeddings (Hugging Face rotate-half convention), grouped-query causal attention
+/// Qwen3's per-head RMSNorm of queries and keys (if the layer has one), rotary embeddings
+/// (unless the layer is one of SmolLM3's without) (Hugging Face rotate-half convention), grouped-query causal attention
 /// with an f32 max-subtracted softmax. `normed` is `[tokens, hidden]` (the output of the input
 /// RMSNorm); the result is `[tokens, heads·head_dim]`, the input of `o_proj`.
 pub fn attention_core(
@@ -81,13 +82,18 @@ pub fn attention_core(
 
     let d = s.head_dim;
     let max_len = seq_lens.iter().copied().max().unwrap_or(0);
-    let rope = RopeTable::new(max_len, d, s.rope_theta, s.rope_scaling);
     // Folding the 1/sqrt(d) score scale into q costs nothing here; for head_dim 64 (1/8) it is
     // exact, so scores round as transformers' do.
     let scale = 1.0 / (d as f32).sqrt();
     let positions: Vec<usize> = seq_lens.iter().flat_map(|&n| 0..n).collect();
-    rotate_rows(&mut q, &positions, &rope, scale, par);
-    rotate_rows(&mut k, &positions, &rope, 1.0, par);
+    if s.rotary {
+        let rope = RopeTable::new(max_len, d, s.rope_theta, s.rope_scaling);
+        rotate_rows(&mut q, &positions, &rope, scale, par);
+        rotate_rows(&mut k, &positions, &rope, 1.0, par);
+    } else {
+        // SmolLM3's NoPE layers: positions enter only through the causal mask.
+        q.mapv_inplace(|v| v * scale);
+    }
 
     let starts: Vec<usize> = seq_lens
         .iter()

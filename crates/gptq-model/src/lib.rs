@@ -1,7 +1,7 @@
 //! # gptq-model
 //!
-//! Llama-family Hugging Face checkpoints (llama, mistral, qwen2, qwen3) for gptq-rs, on the CPU
-//! in f32:
+//! Llama-family Hugging Face checkpoints (llama, mistral, qwen2, qwen3, smollm3) for gptq-rs, on
+//! the CPU in f32:
 //!
 //! - [`Checkpoint`]: `config.json` parsed into [`ModelConfig`], `model.safetensors` (or its
 //!   shards) memory-mapped; [`Checkpoint::load_layer`] converts one [`DecoderLayer`] to f32 at a

@@ -75,7 +75,7 @@ impl Checkpoint {
                 c.num_hidden_layers
             )));
         }
-        let shape = c.layer_shape();
+        let shape = c.layer_shape(i);
         let h = c.hidden_size;
         let linear = |id: LinearId| -> Result<Linear> {
             let (o, n) = id.dims(&shape);
@@ -131,7 +131,7 @@ impl Checkpoint {
     /// here instead of at the layer where a long run reaches them.
     pub fn check_layer_tensors(&self) -> Result<()> {
         let c = &self.config;
-        let shape = c.layer_shape();
+        let shape = c.layer_shape(0); // every layer has the same dimensions
         for i in 0..c.num_hidden_layers {
             let head_norms: &[&str] = if c.architecture.normalizes_heads() {
                 &["self_attn.q_norm", "self_attn.k_norm"]

@@ -96,8 +96,9 @@ impl std::fmt::Display for RopeScaling {
 
 /// The rotary base and scaling of a `config.json`. transformers 4 writes `rope_theta` at the
 /// top level and the scaling as `rope_scaling`; transformers 5 writes both inside
-/// `rope_parameters`. Where both places are filled they must agree.
-pub(crate) fn rotary_settings(obj: &Obj) -> Result<(f64, RopeScaling)> {
+/// `rope_parameters`. Where both places are filled they must agree; where neither is, the base
+/// is the architecture's `default_theta`.
+pub(crate) fn rotary_settings(obj: &Obj, default_theta: f64) -> Result<(f64, RopeScaling)> {
     let parse = |field: &'static str| {
         obj.get(field)
             .filter(|v| !v.is_null())
@@ -125,7 +126,7 @@ pub(crate) fn rotary_settings(obj: &Obj) -> Result<(f64, RopeScaling)> {
                 reason: format!("is {a}, but rope_parameters.rope_theta is {b}: they must agree"),
             });
         }
-        (a, b) => a.or(b).unwrap_or(10000.0),
+        (a, b) => a.or(b).unwrap_or(default_theta),
     };
     if !(theta.is_finite() && theta > 0.0) {
         return Err(ModelError::ConfigField {

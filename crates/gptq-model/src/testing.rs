@@ -44,7 +44,7 @@ impl Drop for TempDir {
 /// Dimensions of a tiny model.
 #[derive(Clone, Copy, Debug)]
 pub struct Tiny {
-    /// `model_type` (llama, mistral, qwen2, qwen3).
+    /// `model_type` (llama, mistral, qwen2, qwen3, smollm3).
     pub model_type: &'static str,
     /// Hidden size.
     pub hidden: usize,
@@ -103,6 +103,10 @@ impl Tiny {
         // Qwen3's head_dim defaults to 128, not hidden / heads.
         if self.model_type == "qwen3" {
             config["head_dim"] = self.head_dim().into();
+        }
+        // SmolLM3: every other layer, from layer 1, without rotary embeddings.
+        if self.model_type == "smollm3" {
+            config["no_rope_layers"] = (0..self.layers).map(|i| i32::from(i % 2 == 0)).collect();
         }
         config
     }

@@ -15,6 +15,7 @@ fn full_config(model_type: &str) -> Value {
         "tie_word_embeddings": true, "attention_bias": false, "mlp_bias": false,
         "hidden_act": "silu", "sliding_window": 32, "use_sliding_window": false,
         "layer_types": ["full_attention", "full_attention"],
+        "no_rope_layers": [1, 0], "no_rope_layer_interval": 4,
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0, "original_max_position_embeddings": 64},
         "rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
@@ -75,7 +76,13 @@ proptest! {
 
     #[test]
     fn reading_a_mangled_config_never_panics(
-        model_type in prop_oneof![Just("llama"), Just("mistral"), Just("qwen2"), Just("qwen3")],
+        model_type in prop_oneof![
+            Just("llama"),
+            Just("mistral"),
+            Just("qwen2"),
+            Just("qwen3"),
+            Just("smollm3")
+        ],
         edits in prop::collection::vec((any::<usize>(), prop::option::of(odd_value())), 1..5),
     ) {
         let config = mangle(full_config(model_type), &edits);
@@ -86,7 +93,7 @@ proptest! {
 
 #[test]
 fn the_unmangled_configs_are_valid() {
-    for model_type in ["llama", "mistral", "qwen2", "qwen3"] {
+    for model_type in ["llama", "mistral", "qwen2", "qwen3", "smollm3"] {
         let mut config = full_config(model_type);
         // The sliding window and layer kinds must agree with the architecture.
         if model_type == "mistral" {

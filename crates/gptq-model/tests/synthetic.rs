@@ -91,8 +91,10 @@ fn reference_layer(layer: &DecoderLayer, x: &Array2<f32>) -> Array2<f64> {
         q = norm(&q, &n.q);
         k = norm(&k, &n.k);
     }
-    rope(&mut q, sh.num_heads);
-    rope(&mut k, sh.num_kv_heads);
+    if sh.rotary {
+        rope(&mut q, sh.num_heads);
+        rope(&mut k, sh.num_kv_heads);
+    }
     let group = sh.num_heads / sh.num_kv_heads;
     let mut attn = Array2::<f64>::zeros((t, sh.num_heads * d));
     for hh in 0..sh.num_heads {
@@ -156,6 +158,14 @@ fn forward_layer_matches_naive_reference() {
         (
             Tiny {
                 model_type: "qwen3",
+                ..Tiny::default()
+            },
+            Par::rayon(2),
+        ),
+        // Layer 1, the one checked, has no rotary embedding.
+        (
+            Tiny {
+                model_type: "smollm3",
                 ..Tiny::default()
             },
             Par::rayon(2),
@@ -474,7 +484,7 @@ fn config_errors_name_the_fix() {
     write_config(dir.path(), &cfg);
     assert_eq!(
         open_err(dir.path()),
-        "unsupported architecture `gpt2`: supported are llama, mistral, qwen2, qwen3"
+        "unsupported architecture `gpt2`: supported are llama, mistral, qwen2, qwen3, smollm3"
     );
 
     let mut cfg = Tiny::default().config();
@@ -810,6 +820,63 @@ fn qwen3_loads_head_norms() {
         err.contains("model.layers.1.self_attn.k_norm.weight"),
         "{err}"
     );
+}
+
+#[test]
+fn smollm3_reads_its_layers_without_rotary_embeddings() {
+    let tiny = Tiny {
+        model_type: "smollm3",
+        layers: 2,
+        ..Tiny::default()
+    };
+    let rotary = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut cfg = tiny.config();
+        edit(&mut cfg);
+        let config = ModelConfig::from_json(cfg).map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            (0..2)
+                .map(|i| config.layer_shape(i).rotary)
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(rotary(&|_| {}), Ok(vec![true, false]));
+    // As transformers derives them: every no_rope_layer_interval-th layer (4 by default).
+    let no_list = |cfg: &mut serde_json::Value| {
+        cfg.as_object_mut().unwrap().remove("no_rope_layers");
+    };
+    assert_eq!(rotary(&no_list), Ok(vec![true, true]));
+    assert_eq!(
+        rotary(&|cfg| {
+            no_list(cfg);
+            cfg["no_rope_layer_interval"] = 2.into();
+        }),
+        Ok(vec![true, false])
+    );
+    for (value, expected) in [
+        (
+            serde_json::json!([1]),
+            "expected a list of 2 zeros and ones",
+        ),
+        (
+            serde_json::json!([1, 2]),
+            "holds 2, expected 0 (no rotary) or 1",
+        ),
+    ] {
+        let err = rotary(&|cfg| cfg["no_rope_layers"] = value.clone()).unwrap_err();
+        assert!(err.contains(expected), "{err}");
+    }
+    // transformers' defaults for SmolLM3: tied embeddings, rotary base 2e6.
+    let mut cfg = tiny.config();
+    for field in ["tie_word_embeddings", "rope_theta"] {
+        cfg.as_object_mut().unwrap().remove(field);
+    }
+    let config = ModelConfig::from_json(cfg).unwrap();
+    assert!(config.tie_word_embeddings);
+    assert_eq!(config.rope_theta, 2e6);
+    // Other architectures ignore the field, as transformers does.
+    let mut cfg = Tiny::default().config();
+    cfg["no_rope_layers"] = serde_json::json!([0, 0]);
+    assert!(ModelConfig::from_json(cfg).unwrap().layer_shape(1).rotary);
 }
 
 #[test]

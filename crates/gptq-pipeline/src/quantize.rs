@@ -84,7 +84,7 @@ pub fn check_model(checkpoint: &Checkpoint, options: &PipelineOptions) -> Result
         )));
     }
     checkpoint.check_layer_tensors()?;
-    let shape = config.layer_shape();
+    let shape = config.layer_shape(0); // every layer has the same dimensions
     let bits = options.config.bits();
     let mut warnings = Vec::new();
     for id in LinearId::ALL {

@@ -527,7 +527,7 @@ fn a_config_that_does_not_match_the_weights_fails_before_any_work() {
 
     // The header check expects exactly the tensors the loader reads: Qwen2's q/k/v biases
     // and Qwen3's head norms too.
-    for model_type in ["mistral", "qwen2", "qwen3"] {
+    for model_type in ["mistral", "qwen2", "qwen3", "smollm3"] {
         let source = Tiny { model_type, ..TINY }.write(11);
         let (_, model) = run(source.path(), &options);
         assert_eq!(model.linears.len(), 2 * 7, "{model_type}");
