@@ -51,10 +51,11 @@ fn check_batch(
 }
 
 /// Self-attention up to, not including, `o_proj`: q/k/v projections (with biases if any),
-/// Qwen3's per-head RMSNorm of queries and keys (if the layer has one), rotary embeddings
-/// (unless the layer is one of SmolLM3's without) (Hugging Face rotate-half convention), grouped-query causal attention
-/// with an f32 max-subtracted softmax. `normed` is `[tokens, hidden]` (the output of the input
-/// RMSNorm); the result is `[tokens, heads·head_dim]`, the input of `o_proj`.
+/// Qwen3's per-head RMSNorm of queries and keys (if the layer has one), rotary embeddings in
+/// Hugging Face's rotate-half convention (except in SmolLM3's layers without them), and
+/// grouped-query causal attention with an f32 max-subtracted softmax. `normed` is
+/// `[tokens, hidden]` (the output of the input RMSNorm); the result is
+/// `[tokens, heads·head_dim]`, the input of `o_proj`.
 pub fn attention_core(
     layer: &DecoderLayer,
     normed: ArrayView2<'_, f32>,

@@ -100,6 +100,17 @@ pub struct HeadNorms {
     pub k: Array1<f32>,
 }
 
+impl HeadNorms {
+    /// The module paths of the query and key norms inside a decoder layer; append `.weight`.
+    pub const NAMES: [&'static str; 2] = ["self_attn.q_norm", "self_attn.k_norm"];
+
+    /// `(name, weight)` of the query norm, then the key norm.
+    pub fn named(&self) -> [(&'static str, &Array1<f32>); 2] {
+        let [q, k] = Self::NAMES;
+        [(q, &self.q), (k, &self.k)]
+    }
+}
+
 /// The weights of one decoder layer, owned in f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderLayer {
@@ -164,7 +175,7 @@ impl DecoderLayer {
         let head_norms = self
             .head_norms
             .iter()
-            .flat_map(|n| [("self_attn.q_norm", &n.q, d), ("self_attn.k_norm", &n.k, d)]);
+            .flat_map(|n| n.named().map(|(name, w)| (name, w, d)));
         for (what, v, len) in [
             ("input_layernorm", &self.input_layernorm, h),
             (

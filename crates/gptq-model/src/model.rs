@@ -100,9 +100,10 @@ impl Checkpoint {
                 .load_vector(&format!("model.layers.{i}.{name}.weight"), len)
         };
         let head_norms = if c.architecture.normalizes_heads() {
+            let [q, k] = HeadNorms::NAMES;
             Some(HeadNorms {
-                q: norm("self_attn.q_norm", c.head_dim)?,
-                k: norm("self_attn.k_norm", c.head_dim)?,
+                q: norm(q, c.head_dim)?,
+                k: norm(k, c.head_dim)?,
             })
         } else {
             None
@@ -132,12 +133,12 @@ impl Checkpoint {
     pub fn check_layer_tensors(&self) -> Result<()> {
         let c = &self.config;
         let shape = c.layer_shape(0); // every layer has the same dimensions
+        let head_norms: &[&str] = if c.architecture.normalizes_heads() {
+            &HeadNorms::NAMES
+        } else {
+            &[]
+        };
         for i in 0..c.num_hidden_layers {
-            let head_norms: &[&str] = if c.architecture.normalizes_heads() {
-                &["self_attn.q_norm", "self_attn.k_norm"]
-            } else {
-                &[]
-            };
             let norms = ["input_layernorm", "post_attention_layernorm"]
                 .map(|n| (n, c.hidden_size))
                 .into_iter()
