@@ -377,6 +377,10 @@ enum LayerOutput {
 /// Runs one decoder layer stage by stage over all batches, calling `on_group` with the input
 /// of each group of linears before that group is used; with [`LayerOutput::Needed`], `batches`
 /// end up holding the layer's output. Time spent outside `on_group` is added to `forward`.
+///
+/// Each stage consumes its input batch by batch (see [`map_batches`]), so at any time the
+/// residual stream, one stage's input and the next stage's output are held, never two whole
+/// stage activations beside each other.
 fn run_stages(
     layer: &mut DecoderLayer,
     batches: &mut [Batch],
@@ -388,74 +392,61 @@ fn run_stages(
     let s = layer.shape;
     let lens: Vec<Vec<usize>> = batches.iter().map(|b| b.lens.clone()).collect();
     let lens: Vec<&[usize]> = lens.iter().map(Vec::as_slice).collect();
-    let timed = |forward: &mut f64, f: &mut dyn FnMut() -> Result<Vec<Array2<f32>>>| {
-        let t = Instant::now();
-        let out = f();
-        *forward += t.elapsed().as_secs_f64();
-        out
+    let norm = |b: &Batch, weight: &ndarray::Array1<f32>| {
+        rms_norm_par(b.hidden.view(), weight.view(), s.rms_norm_eps, par)
     };
 
-    let normed = timed(forward, &mut || {
-        batches
-            .iter()
-            .map(|b| {
-                Ok(rms_norm_par(
-                    b.hidden.view(),
-                    layer.input_layernorm.view(),
-                    s.rms_norm_eps,
-                    par,
-                )?)
-            })
-            .collect()
-    })?;
+    let t = Instant::now();
+    let normed = batches
+        .iter()
+        .map(|b| Ok(norm(b, &layer.input_layernorm)?))
+        .collect::<Result<Vec<_>>>()?;
+    *forward += t.elapsed().as_secs_f64();
     on_group(LinearId::Q.input_group(), &normed, &lens, layer)?;
 
-    let attention = timed(forward, &mut || {
-        normed
-            .iter()
-            .zip(&lens)
-            .map(|(x, l)| Ok(attention_core(layer, x.view(), l, par)?))
-            .collect()
+    let t = Instant::now();
+    let attention = map_batches(normed, |i, x| {
+        Ok(attention_core(layer, x.view(), lens[i], par)?)
     })?;
-    drop(normed);
+    *forward += t.elapsed().as_secs_f64();
     on_group(LinearId::O.input_group(), &attention, &lens, layer)?;
 
-    let normed = timed(forward, &mut || {
-        for (b, a) in batches.iter_mut().zip(&attention) {
-            layer.o_proj.forward_add(a.view(), &mut b.hidden, par)?;
-        }
-        batches
-            .iter()
-            .map(|b| {
-                Ok(rms_norm_par(
-                    b.hidden.view(),
-                    layer.post_attention_layernorm.view(),
-                    s.rms_norm_eps,
-                    par,
-                )?)
-            })
-            .collect()
+    let t = Instant::now();
+    let normed = map_batches(attention, |i, a| {
+        let b = &mut batches[i];
+        layer.o_proj.forward_add(a.view(), &mut b.hidden, par)?;
+        drop(a);
+        Ok(norm(b, &layer.post_attention_layernorm)?)
     })?;
-    drop(attention);
+    *forward += t.elapsed().as_secs_f64();
     on_group(LinearId::Gate.input_group(), &normed, &lens, layer)?;
 
-    let inner = timed(forward, &mut || {
-        normed
-            .iter()
-            .map(|x| Ok(mlp_inner(layer, x.view(), par)?))
-            .collect()
-    })?;
-    drop(normed);
+    let t = Instant::now();
+    let inner = map_batches(normed, |_, x| Ok(mlp_inner(layer, x.view(), par)?))?;
+    *forward += t.elapsed().as_secs_f64();
     on_group(LinearId::Down.input_group(), &inner, &lens, layer)?;
     if output == LayerOutput::Unused {
         return Ok(());
     }
 
-    timed(forward, &mut || {
-        for (b, m) in batches.iter_mut().zip(&inner) {
-            layer.down_proj.forward_add(m.view(), &mut b.hidden, par)?;
-        }
-        Ok(Vec::new())
-    })?;
+    let t = Instant::now();
+    for (b, m) in batches.iter_mut().zip(inner) {
+        layer.down_proj.forward_add(m.view(), &mut b.hidden, par)?;
+    }
+    *forward += t.elapsed().as_secs_f64();
     Ok(())
+}
+
+/// One forward stage over all batches: `stage(i, input_i)` for each batch in order, each
+/// input freed as soon as its output exists. A stage thus needs memory for its whole output
+/// plus one batch of its input, instead of both whole.
+fn map_batches(
+    inputs: Vec<Array2<f32>>,
+    mut stage: impl FnMut(usize, Array2<f32>) -> Result<Array2<f32>>,
+) -> Result<Vec<Array2<f32>>> {
+    inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, x)| stage(i, x))
+        .collect()
 }
