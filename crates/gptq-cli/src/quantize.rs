@@ -7,8 +7,9 @@ use clap::ValueEnum;
 use gptq_core::{Backend, GroupSize, HessianPrecision, QuantConfig};
 use gptq_model::Checkpoint;
 use gptq_pipeline::{
-    CalibrationSource, PipelineOptions, RunReport, Totals, WriteOptions, check_output,
-    peak_memory_bytes, quantization_config, quantize_model, write_checkpoint,
+    CalibrationSource, MemoryEstimate, PipelineOptions, RunReport, SystemMemory, Totals,
+    WriteOptions, check_free_space, check_output, checkpoint_bytes, peak_memory_bytes,
+    quantization_config, quantize_model, write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -110,6 +111,9 @@ pub struct Args {
     /// Replace the output directory if it exists.
     #[arg(long)]
     overwrite: bool,
+    /// Run even when the predicted memory need exceeds all of the machine's memory and swap.
+    #[arg(long)]
+    no_memory_check: bool,
     /// Write a JSON report (per-module loss, damping, time; totals; peak memory) here.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -184,6 +188,8 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     };
     // Mistakes in where the results go surface now, not after the whole run.
     check_output(&checkpoint, &args.out, &write).map_err(|e| e.to_string())?;
+    let size = checkpoint_bytes(&checkpoint, options).map_err(|e| e.to_string())?;
+    check_free_space(&args.out, size).map_err(|e| e.to_string())?;
     if let Some(path) = &args.report {
         check_report_path(path)?;
     }
@@ -197,7 +203,17 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     let calibration_load = t.elapsed().as_secs_f64();
     bars.set_position(1);
     bars.finish();
-    for warning in calibration_warnings(args, &checkpoint, &source, &samples) {
+    let mut warnings = calibration_warnings(args, &checkpoint, &source, &samples);
+    let lens: Vec<usize> = samples.iter().map(Vec::len).collect();
+    let memory =
+        MemoryEstimate::new(checkpoint.config(), &lens, options).map_err(|e| e.to_string())?;
+    if !args.no_memory_check
+        && let Some(system) = SystemMemory::read()
+    {
+        let tokens = lens.iter().sum();
+        warnings.extend(system.check(&memory, tokens).map_err(|e| e.to_string())?);
+    }
+    for warning in warnings {
         gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
     }
 
@@ -205,7 +221,13 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
         .map_err(|e| e.to_string())?;
     model.times.calibration_load = calibration_load;
 
-    bars.start("writing checkpoint", 1);
+    bars.start(
+        &format!(
+            "writing checkpoint (at most {} MiB)",
+            size.div_ceil(1 << 20)
+        ),
+        1,
+    );
     let t = Instant::now();
     let files = write_checkpoint(&checkpoint, &model, options, &args.out, &write)
         .map_err(|e| e.to_string())?;
@@ -229,6 +251,7 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
             seconds,
             stages: model.times,
             peak_memory_bytes: peak_memory_bytes(),
+            predicted_memory: Some(memory),
         },
         modules: model.modules,
         warnings: bars.warnings.clone(),
@@ -249,8 +272,10 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     );
     if let Some(peak) = report.totals.peak_memory_bytes {
         println!(
-            "peak memory {:.0} MiB; total loss {loss:.4}",
-            peak as f64 / (1 << 20) as f64
+            "peak memory {:.0} MiB (predicted {:.0} MiB, the mapped model not counted); total \
+             loss {loss:.4}",
+            peak as f64 / (1 << 20) as f64,
+            memory.peak as f64 / (1 << 20) as f64
         );
     }
     if let Some(path) = &args.report {

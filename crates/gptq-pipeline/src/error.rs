@@ -31,6 +31,23 @@ pub enum PipelineError {
         source: std::io::Error,
     },
 
+    /// The filesystem that would receive the checkpoint lacks room for it.
+    #[error(
+        "the checkpoint needs about {} MiB but {} has {} MiB free: free some space, or choose \
+         another --out",
+        needed.div_ceil(1 << 20),
+        path.display(),
+        available >> 20
+    )]
+    NoSpace {
+        /// The directory the checkpoint would be written in.
+        path: PathBuf,
+        /// Bytes the checkpoint takes (an upper bound).
+        needed: u64,
+        /// Bytes free there for this user.
+        available: u64,
+    },
+
     /// The request cannot be carried out as given.
     #[error("{0}")]
     Invalid(String),

@@ -65,6 +65,7 @@
 
 mod calibration;
 mod error;
+mod memory;
 mod options;
 mod progress;
 mod quantize;
@@ -73,8 +74,12 @@ mod writer;
 
 pub use calibration::CalibrationSource;
 pub use error::{PipelineError, Result};
+pub use memory::{MemoryEstimate, SystemMemory};
 pub use options::PipelineOptions;
 pub use progress::{Event, Progress, Silent};
 pub use quantize::{QuantizedLinear, QuantizedModel, check_model, quantize_model};
 pub use report::{ModuleReport, RunReport, StageTimes, Totals, peak_memory_bytes};
-pub use writer::{TOOL, WriteOptions, check_output, quantization_config, write_checkpoint};
+pub use writer::{
+    TOOL, WriteOptions, check_free_space, check_output, checkpoint_bytes, quantization_config,
+    write_checkpoint,
+};

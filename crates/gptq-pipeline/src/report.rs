@@ -51,8 +51,11 @@ pub struct Totals {
     pub seconds: f64,
     /// Where the time went.
     pub stages: StageTimes,
-    /// Peak resident memory of the process (Linux `VmHWM`), if known.
+    /// Peak resident memory of the process (Linux `VmHWM`, which also counts the pages of the
+    /// memory-mapped model that were read), if known.
     pub peak_memory_bytes: Option<u64>,
+    /// What the run was predicted to need before it started (the mapped model not counted).
+    pub predicted_memory: Option<crate::MemoryEstimate>,
 }
 
 /// The report of a run.

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use gptq_model::Checkpoint;
-use gptq_quant::PackedTensor;
+use gptq_model::{Checkpoint, LinearId};
+use gptq_quant::{PackedTensor, packed_bytes};
 use safetensors::Dtype;
 use safetensors::tensor::View;
 use serde_json::{Value, json};
@@ -192,6 +192,7 @@ pub fn write_checkpoint(
     write: &WriteOptions,
 ) -> Result<Vec<PathBuf>> {
     check_output(source, out, write)?;
+    check_free_space(out, checkpoint_bytes(source, options)?)?;
     let out_abs = absolute(out);
     let name = out.file_name().unwrap_or_default();
     let parent = out_abs
@@ -273,12 +274,8 @@ fn write_into(
     }
 
     let mut files = write_shards(&tensors, dir, write.max_shard_bytes)?;
-    let mut config = source.config().raw.clone();
-    let quantization = quantization_config(options);
-    config["quantization_config"] = quantization.clone();
+    let (config, quantize_config) = config_files(source, options);
     write_json(&dir.join("config.json"), &config)?;
-    let mut quantize_config = quantization;
-    quantize_config["model_file_base_name"] = json!("model");
     write_json(&dir.join("quantize_config.json"), &quantize_config)?;
     files.extend([
         "config.json".to_string(),
@@ -345,13 +342,27 @@ fn write_shards(
     Ok(files)
 }
 
-fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("JSON values serialize");
-    std::fs::write(path, text + "\n").map_err(PipelineError::write(path))
+/// `config.json` (the source's, with `quantization_config`) and `quantize_config.json`.
+fn config_files(source: &Checkpoint, options: &PipelineOptions) -> (Value, Value) {
+    let mut config = source.config().raw.clone();
+    let quantization = quantization_config(options);
+    config["quantization_config"] = quantization.clone();
+    let mut quantize_config = quantization;
+    quantize_config["model_file_base_name"] = json!("model");
+    (config, quantize_config)
 }
 
-/// Copies the files that are not weights or configs (tokenizer, generation config, license).
-fn copy_other_files(source: &Path, dir: &Path) -> Result<Vec<String>> {
+fn json_text(value: &Value) -> String {
+    serde_json::to_string_pretty(value).expect("JSON values serialize") + "\n"
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    std::fs::write(path, json_text(value)).map_err(PipelineError::write(path))
+}
+
+/// The source's files that the checkpoint copies: all but weights and configs (tokenizer,
+/// generation config, license), with their sizes.
+fn other_files(source: &Path) -> Result<Vec<(std::fs::DirEntry, u64)>> {
     let skip = |name: &str| {
         name.ends_with(".safetensors")
             || matches!(
@@ -359,18 +370,109 @@ fn copy_other_files(source: &Path, dir: &Path) -> Result<Vec<String>> {
                 "model.safetensors.index.json" | "config.json" | "quantize_config.json"
             )
     };
-    let mut copied = Vec::new();
+    let mut files = Vec::new();
     let entries = std::fs::read_dir(source).map_err(PipelineError::write(source))?;
     for entry in entries {
         let entry = entry.map_err(PipelineError::write(source))?;
         let name = entry.file_name().to_string_lossy().to_string();
-        if skip(&name) || !entry.path().is_file() {
-            continue;
+        let metadata = std::fs::metadata(entry.path()).map_err(PipelineError::write(source))?;
+        if !skip(&name) && metadata.is_file() {
+            files.push((entry, metadata.len()));
         }
+    }
+    Ok(files)
+}
+
+/// Copies [`other_files`] into `dir`.
+fn copy_other_files(source: &Path, dir: &Path) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    for (entry, _) in other_files(source)? {
+        let name = entry.file_name().to_string_lossy().to_string();
         std::fs::copy(entry.path(), dir.join(&name))
             .map_err(PipelineError::write(dir.join(&name)))?;
         copied.push(name);
     }
     copied.sort();
     Ok(copied)
+}
+
+/// Bytes allowed per tensor for its entry in a safetensors header and in the shard index
+/// beside its name: `{"dtype":"I32","shape":[a,b],"data_offsets":[x,y]}` and the shard's file
+/// name come to well under this.
+const HEADER_BYTES_PER_TENSOR: u64 = 160;
+
+/// An upper bound on the bytes of the checkpoint that quantizing `source` with `options`
+/// writes: tensor data, configs and copied files exactly, safetensors headers and the shard
+/// index generously ([`HEADER_BYTES_PER_TENSOR`] and twice the name per tensor). Known before
+/// any work, from the tensor headers alone.
+pub fn checkpoint_bytes(source: &Checkpoint, options: &PipelineOptions) -> Result<u64> {
+    let config = source.config();
+    let mut quantized = HashMap::new();
+    for layer in 0..config.num_hidden_layers {
+        let shape = config.layer_shape(layer);
+        for id in LinearId::ALL {
+            let (rows, columns) = id.dims(&shape);
+            let groups = options.config.group_size().groups(columns);
+            let bytes = packed_bytes(options.config.bits(), rows, columns, groups)
+                .map_err(PipelineError::quantization(id.tensor_prefix(layer)))?;
+            quantized.insert(format!("{}.weight", id.tensor_prefix(layer)), bytes);
+        }
+    }
+    let weights = source.weights();
+    let mut total = 0u64;
+    for name in weights.names() {
+        // A quantized linear becomes four tensors in place of one.
+        let (data, tensors) = match quantized.get(name) {
+            Some(&bytes) => (bytes, 4),
+            None => (weights.raw(name)?.data.len() as u64, 1),
+        };
+        total += data + tensors * (HEADER_BYTES_PER_TENSOR + 2 * name.len() as u64 + 16);
+    }
+    let (config_json, quantize_json) = config_files(source, options);
+    total += (json_text(&config_json).len() + json_text(&quantize_json).len()) as u64;
+    for (_, bytes) in other_files(source.dir())? {
+        total += bytes;
+    }
+    Ok(total)
+}
+
+/// Checks that the filesystem that will hold `out` has `bytes` free for this user (where the
+/// system says; elsewhere nothing is checked). With `--overwrite` the old checkpoint is
+/// removed only after the new one is complete, so it does not count as free.
+pub fn check_free_space(out: &Path, bytes: u64) -> Result<()> {
+    let out_abs = absolute(out);
+    let Some(dir) = out_abs.ancestors().skip(1).find(|a| a.is_dir()) else {
+        return Ok(());
+    };
+    match free_bytes(dir) {
+        Some(available) if available < bytes => Err(PipelineError::NoSpace {
+            path: dir.to_path_buf(),
+            needed: bytes,
+            available,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes an unprivileged user may still write on the filesystem of `dir`.
+#[cfg(unix)]
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` is valid for one `statvfs`, which
+    // the call fills entirely when it returns 0.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_dir: &Path) -> Option<u64> {
+    None
 }

@@ -7,7 +7,8 @@ use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator, QuantCo
 use gptq_model::testing::{TempDir, Tiny};
 use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par};
 use gptq_pipeline::{
-    CalibrationSource, PipelineOptions, QuantizedModel, Silent, WriteOptions, quantize_model,
+    CalibrationSource, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel, Silent,
+    SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, quantize_model,
     write_checkpoint,
 };
 use gptq_quant::{CheckpointFormat, unpack};
@@ -305,6 +306,117 @@ fn large_checkpoints_are_sharded_with_an_index() {
     for i in 0..2 {
         assert_eq!(a.load_layer(i).unwrap(), b.load_layer(i).unwrap());
     }
+}
+
+/// Total bytes and count of the files in `dir`.
+fn dir_bytes(dir: &Path) -> (u64, usize) {
+    let files: Vec<u64> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    (files.iter().sum(), files.len())
+}
+
+#[test]
+fn the_checkpoint_size_is_bounded_before_the_run() {
+    let source = TINY.write(8);
+    let out = TempDir::new("size");
+    for (k, options) in [
+        options(4, 32, true),
+        options(3, 32, false),
+        options(2, 64, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let predicted =
+            checkpoint_bytes(&Checkpoint::open(source.path()).unwrap(), &options).unwrap();
+        let (checkpoint, model) = run(source.path(), &options);
+        for max_shard_bytes in [u64::MAX, 20_000] {
+            let dir = out.path().join(format!("{k}-{max_shard_bytes}"));
+            let write = WriteOptions {
+                max_shard_bytes,
+                overwrite: false,
+            };
+            write_checkpoint(&checkpoint, &model, &options, &dir, &write).unwrap();
+            let (actual, files) = dir_bytes(&dir);
+            // Data, configs and copied files are counted exactly; only the headers and the
+            // shard index (2 layers of 7 linears × 4 tensors + 7 other tensors) are allowed
+            // for, generously: under 200 bytes a tensor beyond the twice-counted names.
+            let header_allowance = (2 * 7 * 4 + 7) * 200;
+            assert!(
+                actual <= predicted && predicted <= actual + header_allowance,
+                "config {k}, {files} files: predicted {predicted} bytes, wrote {actual}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_filesystem_without_room_is_refused() {
+    let out = TempDir::new("space");
+    let target = out.path().join("model-gptq");
+    check_free_space(&target, 1).unwrap();
+    let err = check_free_space(&target, u64::MAX).unwrap_err();
+    assert!(matches!(err, PipelineError::NoSpace { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("MiB free") && message.contains("choose another --out"),
+        "{message}"
+    );
+    assert!(!target.exists());
+}
+
+#[test]
+fn the_memory_need_is_predicted_and_checked_before_the_run() {
+    let source = TINY.write(10);
+    let config = Checkpoint::open(source.path()).unwrap().config().clone();
+    let options = options(4, 32, true);
+    let (hidden, inter) = (TINY.hidden as u64, TINY.inter as u64);
+    let small = MemoryEstimate::new(&config, &[24; 6], &options).unwrap();
+    let large = MemoryEstimate::new(&config, &[24; 12], &options).unwrap();
+    // Six more sequences of 24 tokens: their residual stream and MLP activations, in f32; the
+    // batch temporaries (3 sequences a batch) stay the same.
+    assert_eq!(
+        large.activations - small.activations,
+        4 * 6 * 24 * (hidden + inter)
+    );
+    assert_eq!(
+        (large.weights, large.solver, large.packed),
+        (small.weights, small.solver, small.packed)
+    );
+    assert!(large.peak > small.peak);
+    let mut two_pass = options.clone();
+    two_pass.true_sequential = false;
+    let two_pass = MemoryEstimate::new(&config, &[24; 6], &two_pass).unwrap();
+    assert_eq!(
+        two_pass.activations - small.activations,
+        4 * 6 * 24 * hidden
+    );
+
+    let ample = SystemMemory {
+        total: large.peak * 4,
+        available: large.peak * 2,
+    };
+    assert_eq!(ample.check(&large, 288).unwrap(), None);
+    let busy = SystemMemory {
+        total: large.peak * 4,
+        available: large.peak / 2,
+    };
+    let warning = busy.check(&large, 288).unwrap().unwrap();
+    assert!(
+        warning.contains("288 calibration tokens") && warning.contains("may be"),
+        "{warning}"
+    );
+    let too_small = SystemMemory {
+        total: large.peak - 1,
+        available: large.peak - 1,
+    };
+    let message = too_small.check(&large, 288).unwrap_err().to_string();
+    assert!(
+        message.contains("lower --nsamples or --seqlen") && message.contains("--no-memory-check"),
+        "{message}"
+    );
 }
 
 #[test]

@@ -32,4 +32,4 @@ mod pack;
 pub mod testing;
 
 pub use grid::{MinMaxGrid, fit_table};
-pub use pack::{CheckpointFormat, PackedTensor, check_packable, pack, unpack};
+pub use pack::{CheckpointFormat, PackedTensor, check_packable, pack, packed_bytes, unpack};

@@ -79,6 +79,14 @@ pub struct PackedTensor {
     pub g_idx: Vec<i32>,
 }
 
+impl PackedTensor {
+    /// The bytes its four tensors take in a safetensors file (headers not included).
+    pub fn data_bytes(&self) -> u64 {
+        (4 * (self.qweight.len() + self.qzeros.len() + self.g_idx.len()) + 2 * self.scales.len())
+            as u64
+    }
+}
+
 /// Checks that a `rows × columns` (`out × in`) layer of `bits` bits fits the packed format.
 pub fn check_packable(bits: u8, rows: usize, columns: usize) -> Result<()> {
     if !matches!(bits, 2 | 3 | 4 | 8) {
@@ -95,6 +103,19 @@ pub fn check_packable(bits: u8, rows: usize, columns: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The bytes of the four checkpoint tensors (`qweight`, `qzeros`, `scales`, `g_idx`) of a packable
+/// `rows × columns` layer at `bits` bits with `groups` quantization groups: what
+/// [`PackedTensor::data_bytes`] will be once the layer is quantized, known before.
+pub fn packed_bytes(bits: u8, rows: usize, columns: usize, groups: usize) -> Result<u64> {
+    check_packable(bits, rows, columns)?;
+    let (bits, rows, columns, groups) = (bits as u64, rows as u64, columns as u64, groups as u64);
+    let qweight = 4 * (columns * bits / 32) * rows;
+    let qzeros = 4 * groups * (rows * bits / 32);
+    let scales = 2 * groups * rows;
+    let g_idx = 4 * columns;
+    Ok(qweight + qzeros + scales + g_idx)
 }
 
 fn gcd(a: usize, b: usize) -> usize {

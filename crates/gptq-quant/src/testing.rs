@@ -55,10 +55,19 @@ fn lcg(seed: u64) -> impl FnMut() -> u64 {
     }
 }
 
-/// `unpack(pack(t)) == t` in both formats.
+/// `unpack(pack(t)) == t` in both formats, and the packed tensors take the bytes that
+/// [`packed_bytes`](crate::packed_bytes) predicts from the shape alone.
 pub fn check_pack_round_trip(tensor: &QuantizedTensor) -> Result<(), TestCaseError> {
     for format in [CheckpointFormat::Gptq, CheckpointFormat::GptqV2] {
         let packed = pack(tensor, format).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let predicted = crate::packed_bytes(
+            tensor.bits(),
+            tensor.rows(),
+            tensor.columns(),
+            tensor.groups(),
+        )
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(packed.data_bytes(), predicted, "format {}", format);
         let back = unpack(&packed).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&back, tensor, "format {}", format);
     }

@@ -1,0 +1,200 @@
+//! How much memory a run needs, known before it starts, and how much the machine has.
+//!
+//! A run that does not fit is killed by the system, possibly hours in; the estimate lets the
+//! caller refuse or warn in the first second. It counts the buffers the pipeline allocates
+//! (see `quantize.rs`, and `damped_inverse_factor` for the solver), not the memory-mapped
+//! model, whose pages the system can drop and read again.
+
+use gptq_model::{LayerShape, LinearId, ModelConfig};
+use gptq_quant::packed_bytes;
+use serde::Serialize;
+
+use crate::error::{PipelineError, Result};
+use crate::options::PipelineOptions;
+
+/// The program, tokenizer, calibration ids and small buffers.
+const BASE_BYTES: u64 = 64 << 20;
+/// f32.
+const F32: u64 = 4;
+
+/// Bytes a run holds at its widest point, by what they hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct MemoryEstimate {
+    /// Calibration activations: the residual stream (twice without true-sequential, which
+    /// keeps the layer's input for the second pass), the widest stage's output (the MLP's
+    /// inner activations in Llama models) and one batch's temporaries.
+    pub activations: u64,
+    /// One decoder layer's weights in f32, twice while quantized replacements are made.
+    pub weights: u64,
+    /// The widest Hessian in f64 and, per concurrent solve, its factorization (an f64
+    /// Cholesky factor and inverse, an f32 copy) and the weights being solved.
+    pub solver: u64,
+    /// The packed linears, kept until the checkpoint is written (and copied once then).
+    pub packed: u64,
+    /// The embedding table in f32 beside the layer-0 inputs, at the start of the run.
+    pub embedding: u64,
+    /// The most held at once: the larger of the start, any layer, and the writing.
+    pub peak: u64,
+}
+
+impl MemoryEstimate {
+    /// The estimate for quantizing a model of `config` on calibration sequences of
+    /// `sample_lens` tokens with `options`.
+    pub fn new(
+        config: &ModelConfig,
+        sample_lens: &[usize],
+        options: &PipelineOptions,
+    ) -> Result<Self> {
+        let shape = config.layer_shape(0); // every layer has the same dimensions
+        let tokens: u64 = sample_lens.iter().map(|&n| n as u64).sum();
+        let batch_tokens = sample_lens
+            .chunks(options.batch_sequences.max(1))
+            .map(|c| c.iter().map(|&n| n as u64).sum::<u64>())
+            .max()
+            .unwrap_or(0);
+        let hidden = shape.hidden_size as u64;
+        let residual_copies = if options.true_sequential { 1 } else { 2 };
+        let activations = F32
+            * (residual_copies * tokens * hidden
+                + tokens * widest_stage(&shape)
+                + batch_tokens * batch_temporaries(&shape));
+
+        let layer_params: u64 = LinearId::ALL
+            .iter()
+            .map(|id| {
+                let (rows, columns) = id.dims(&shape);
+                (rows * columns) as u64
+            })
+            .sum();
+        let weights = 2 * F32 * layer_params;
+
+        let concurrency = options.threads.max(1) as u64;
+        let solver = LinearId::ALL
+            .iter()
+            .map(|&id| solver_bytes(&shape, id, concurrency))
+            .max()
+            .unwrap_or(0);
+
+        let mut packed_layer = 0u64;
+        for id in LinearId::ALL {
+            let (rows, columns) = id.dims(&shape);
+            let groups = options.config.group_size().groups(columns);
+            packed_layer += packed_bytes(options.config.bits(), rows, columns, groups)
+                .map_err(PipelineError::quantization(format!("{id}")))?;
+        }
+        let packed = packed_layer * config.num_hidden_layers as u64;
+
+        let embedding = F32 * (config.vocab_size as u64 * hidden + tokens * hidden);
+        let layer = activations + weights + solver + packed;
+        let peak = BASE_BYTES + embedding.max(layer).max(2 * packed);
+        Ok(MemoryEstimate {
+            activations,
+            weights,
+            solver,
+            packed,
+            embedding,
+            peak,
+        })
+    }
+}
+
+/// Columns of the widest activation a stage outputs for every calibration token: the q/k/v
+/// input (hidden), the attention output, or the MLP's inner activations.
+fn widest_stage(s: &LayerShape) -> u64 {
+    s.hidden_size.max(s.q_width()).max(s.intermediate_size) as u64
+}
+
+/// Columns of the temporaries of one batch: q, k, v and the attention output, or gate and up
+/// (freed buffers are recycled, so about this much stays mapped between stages as well).
+fn batch_temporaries(s: &LayerShape) -> u64 {
+    let attention = 2 * s.q_width() + 2 * s.kv_width();
+    let mlp = 2 * s.intermediate_size;
+    2 * attention.max(mlp) as u64
+}
+
+/// The solver's memory for the linears that read `id`'s input: the f64 Hessian, and per
+/// concurrent solve an f64 Cholesky factor and its inverse, the f32 factor and three f32
+/// copies of the weight (working, result, dequantized).
+fn solver_bytes(s: &LayerShape, id: LinearId, threads: u64) -> u64 {
+    let group = id.input_group();
+    let columns = id.dims(s).1 as u64;
+    let rows = group.iter().map(|g| g.dims(s).0 as u64).max().unwrap_or(0);
+    let concurrent = threads.min(group.len() as u64);
+    8 * columns * columns + concurrent * (20 * columns * columns + 3 * F32 * rows * columns)
+}
+
+/// What the machine can give this process, from `/proc/meminfo` and the cgroup limit (Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SystemMemory {
+    /// Memory and swap in all (or the cgroup's limit, if lower).
+    pub total: u64,
+    /// What can be had now without swapping others out: available memory and free swap (or
+    /// what the cgroup's limit leaves, if lower).
+    pub available: u64,
+}
+
+impl SystemMemory {
+    /// The current figures, where the system tells them.
+    pub fn read() -> Option<Self> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let field = |name: &str| -> Option<u64> {
+            let line = meminfo.lines().find(|l| l.starts_with(name))?;
+            let kib: u64 = line[name.len()..]
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kib << 10)
+        };
+        let swap_total = field("SwapTotal:").unwrap_or(0);
+        let swap_free = field("SwapFree:").unwrap_or(0);
+        let mut memory = SystemMemory {
+            total: field("MemTotal:")? + swap_total,
+            available: field("MemAvailable:")? + swap_free,
+        };
+        if let Some((limit, used)) = cgroup_limit() {
+            memory.total = memory.total.min(limit);
+            memory.available = memory.available.min(limit.saturating_sub(used));
+        }
+        Some(memory)
+    }
+
+    /// `Err` when `estimate` exceeds everything the machine has; `Ok(Some(warning))` when it
+    /// exceeds what is available now.
+    pub fn check(&self, estimate: &MemoryEstimate, tokens: usize) -> Result<Option<String>> {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        let need = format!(
+            "this run needs about {:.1} GiB of memory ({:.1} GiB of it the activations of {tokens} \
+             calibration tokens)",
+            gib(estimate.peak),
+            gib(estimate.activations)
+        );
+        if estimate.peak > self.total {
+            return Err(PipelineError::Invalid(format!(
+                "{need} but this machine has {:.1} GiB with swap: lower --nsamples or --seqlen \
+                 (or pass --no-memory-check to try anyway)",
+                gib(self.total)
+            )));
+        }
+        Ok((estimate.peak > self.available).then(|| {
+            format!(
+                "{need} but only {:.1} GiB are available now: it may be slow or be killed; \
+                 lower --nsamples or --seqlen, or free memory",
+                gib(self.available)
+            )
+        }))
+    }
+}
+
+/// The cgroup v2 memory limit of this process and its current use, if one is set.
+fn cgroup_limit() -> Option<(u64, u64)> {
+    let read = |file: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/sys/fs/cgroup/{file}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((read("memory.max")?, read("memory.current").unwrap_or(0)))
+}
