@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Writes a small random Hugging Face checkpoint of one architecture, saved by transformers.
 
-    tiny_hf_model.py {qwen2,qwen3,smollm3,mistral,llama,llama3-rope,linear-rope} OUT_DIR
-        TOKENIZER_DIR
+    tiny_hf_model.py {qwen2,qwen3,smollm3,mistral,llama,llama3-rope,linear-rope,llama-7b-layer}
+        OUT_DIR TOKENIZER_DIR
 
 The point is what transformers itself writes and computes: its config.json (transformers 5
 writes `rope_parameters` instead of `rope_theta`), its tensor names, and the architecture's
@@ -11,7 +11,9 @@ initialises them to zero) and rope_theta 1e6, Qwen3's RMSNorm of each query and 
 a head_dim that is not hidden_size / heads), SmolLM3's layers without rotary embeddings,
 Mistral's sliding window (48 tokens, shorter than
 the windows scripts/arch_check.sh evaluates), untied heads, Llama 3.1's and linear rotary
-frequency scaling. Weights are drawn with a large
+frequency scaling. `llama-7b-layer` is not small: one decoder layer shaped like Llama 2 7B's
+(hidden 4096, MLP 11008, 32 heads) in bf16, for measuring time and memory at that scale
+(docs/pipeline.md). Weights are drawn with a large
 spread so that the logits, and any difference in them, are far from uniform. The tokenizer
 files are copied from TOKENIZER_DIR (vocabulary 49152, SmolLM2's). Run it through
 `scripts/hf_check.sh --python`, which provides the environment.
@@ -60,8 +62,12 @@ def build(kind):
     if kind == "linear-rope":
         rope = {"rope_type": "linear", "rope_theta": 1e4, "factor": 4.0}
         return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=True, rope_parameters=rope, **common))
-    sys.exit(f"unknown architecture {kind!r}: qwen2, qwen3, smollm3, mistral, llama, llama3-rope or "
-             "linear-rope")
+    if kind == "llama-7b-layer":
+        shape = dict(common, hidden_size=4096, intermediate_size=11008, num_hidden_layers=1,
+                     num_attention_heads=32, num_key_value_heads=32, initializer_range=0.02)
+        return LlamaForCausalLM(LlamaConfig(tie_word_embeddings=False, **shape)).to(torch.bfloat16)
+    sys.exit(f"unknown architecture {kind!r}: qwen2, qwen3, smollm3, mistral, llama, llama3-rope, "
+             "linear-rope or llama-7b-layer")
 
 
 def main():

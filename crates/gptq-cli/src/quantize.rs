@@ -207,8 +207,19 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     let lens: Vec<usize> = samples.iter().map(Vec::len).collect();
     let memory =
         MemoryEstimate::new(checkpoint.config(), &lens, options).map_err(|e| e.to_string())?;
+    let system = SystemMemory::read();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "needs about {:.2} GiB of memory{} and {:.0} MiB on disk",
+        gib(memory.peak),
+        system.map_or(String::new(), |s| format!(
+            " ({:.1} GiB available)",
+            gib(s.available)
+        )),
+        size as f64 / (1 << 20) as f64
+    );
     if !args.no_memory_check
-        && let Some(system) = SystemMemory::read()
+        && let Some(system) = system
     {
         let tokens = lens.iter().sum();
         warnings.extend(system.check(&memory, tokens).map_err(|e| e.to_string())?);

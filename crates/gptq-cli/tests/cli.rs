@@ -114,6 +114,12 @@ fn quantize_reload_and_evaluate_smollm2() {
             .all(|m| m["loss"].as_f64().is_some_and(f64::is_finite))
     );
     assert!(json["totals"]["peak_memory_bytes"].as_u64().unwrap() < 2 << 30);
+    // The prediction made before the run: the activations of its tokens at least.
+    let predicted = &json["totals"]["predicted_memory"];
+    let tokens = json["tokens"].as_u64().unwrap();
+    assert!(predicted["activations"].as_u64().unwrap() >= tokens * 4 * (576 + 1536));
+    assert!(predicted["peak"].as_u64().unwrap() < 2 << 30);
+    assert!(stderr(&run).contains("needs about"), "{}", stderr(&run));
 
     let inspect = gptq(&["inspect", &s(&out), "--verify"]);
     assert!(inspect.status.success(), "{}", stderr(&inspect));

@@ -49,7 +49,7 @@ pub use layer::{DecoderLayer, HeadNorms, LinearId};
 pub use linear::Linear;
 pub use model::{Checkpoint, EMBED_TOKENS, FINAL_NORM, LM_HEAD, Model, NllSum, embed};
 pub use ops::{exp_f32, rms_norm, rms_norm_par};
-pub use pool::{recycle_buffer, set_buffer_pool_limit};
+pub use pool::{DEFAULT_BUFFER_POOL_BYTES, recycle_buffer, set_buffer_pool_limit};
 pub use rope::{RopeScaling, RopeTable};
 pub use tokenizer::Tokenizer;
 pub use weights::WeightStore;

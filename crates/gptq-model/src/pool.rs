@@ -24,12 +24,12 @@ struct Pool {
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     buffers: Vec::new(),
     held: 0,
-    limit: DEFAULT_LIMIT,
+    limit: DEFAULT_BUFFER_POOL_BYTES,
 });
 
 /// Default cap on recycled memory: enough for every temporary of a layer on 8 sequences of
 /// 512 tokens of a 2k-wide model, small next to the model itself.
-const DEFAULT_LIMIT: usize = 512 << 20;
+pub const DEFAULT_BUFFER_POOL_BYTES: usize = 512 << 20;
 
 fn bytes(v: &Vec<f32>) -> usize {
     v.capacity() * std::mem::size_of::<f32>()

@@ -5,29 +5,34 @@
 //! (see `quantize.rs`, and `damped_inverse_factor` for the solver), not the memory-mapped
 //! model, whose pages the system can drop and read again.
 
-use gptq_model::{LayerShape, LinearId, ModelConfig};
+use gptq_model::{DEFAULT_BUFFER_POOL_BYTES, LayerShape, LinearId, ModelConfig};
 use gptq_quant::packed_bytes;
 use serde::Serialize;
 
 use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
 
-/// The program, tokenizer, calibration ids and small buffers.
-const BASE_BYTES: u64 = 64 << 20;
+/// The program, tokenizer, calibration ids, small buffers and the allocator's slack (per-thread
+/// arenas): what SmolLM2-135M's run holds beyond the buffers counted here, 40–90 MiB in
+/// three measured runs, rounded up.
+const BASE_BYTES: u64 = 96 << 20;
 /// f32.
 const F32: u64 = 4;
 
 /// Bytes a run holds at its widest point, by what they hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemoryEstimate {
-    /// Calibration activations: the residual stream (twice without true-sequential, which
-    /// keeps the layer's input for the second pass), the widest stage's output (the MLP's
-    /// inner activations in Llama models) and one batch's temporaries.
+    /// Calibration activations held between stages: the residual stream (twice without
+    /// true-sequential, which keeps the layer's input for the second pass) and the widest
+    /// stage's output (the MLP's inner activations in Llama models).
     pub activations: u64,
-    /// One decoder layer's weights in f32, twice while quantized replacements are made.
+    /// One batch's temporaries while the forward pass runs (q, k, v and the attention output,
+    /// or gate and up), with one batch of the stage's input.
+    pub temporaries: u64,
+    /// One decoder layer's weights in f32, and the dequantized replacement of its largest.
     pub weights: u64,
-    /// The widest Hessian in f64 and, per concurrent solve, its factorization (an f64
-    /// Cholesky factor and inverse, an f32 copy) and the weights being solved.
+    /// The widest Hessian in f64 and, per concurrent solve, its factorization and the weights
+    /// being solved; meanwhile the temporaries shrink to what the buffer pool keeps.
     pub solver: u64,
     /// The packed linears, kept until the checkpoint is written (and copied once then).
     pub packed: u64,
@@ -54,19 +59,18 @@ impl MemoryEstimate {
             .unwrap_or(0);
         let hidden = shape.hidden_size as u64;
         let residual_copies = if options.true_sequential { 1 } else { 2 };
-        let activations = F32
-            * (residual_copies * tokens * hidden
-                + tokens * widest_stage(&shape)
-                + batch_tokens * batch_temporaries(&shape));
+        let widest = widest_stage(&shape);
+        let activations = F32 * tokens * (residual_copies * hidden + widest);
+        let temporaries = F32 * batch_tokens * (batch_temporaries(&shape) + widest);
 
-        let layer_params: u64 = LinearId::ALL
+        let sizes: Vec<u64> = LinearId::ALL
             .iter()
             .map(|id| {
                 let (rows, columns) = id.dims(&shape);
                 (rows * columns) as u64
             })
-            .sum();
-        let weights = 2 * F32 * layer_params;
+            .collect();
+        let weights = F32 * (sizes.iter().sum::<u64>() + sizes.iter().max().unwrap_or(&0));
 
         let concurrency = options.threads.max(1) as u64;
         let solver = LinearId::ALL
@@ -74,6 +78,9 @@ impl MemoryEstimate {
             .map(|&id| solver_bytes(&shape, id, concurrency))
             .max()
             .unwrap_or(0);
+        // While a linear is solved, the forward temporaries are freed, up to what the pool
+        // keeps for the next pass.
+        let pooled = temporaries.min(DEFAULT_BUFFER_POOL_BYTES as u64);
 
         let mut packed_layer = 0u64;
         for id in LinearId::ALL {
@@ -85,10 +92,11 @@ impl MemoryEstimate {
         let packed = packed_layer * config.num_hidden_layers as u64;
 
         let embedding = F32 * (config.vocab_size as u64 * hidden + tokens * hidden);
-        let layer = activations + weights + solver + packed;
+        let layer = activations + weights + packed + temporaries.max(pooled + solver);
         let peak = BASE_BYTES + embedding.max(layer).max(2 * packed);
         Ok(MemoryEstimate {
             activations,
+            temporaries,
             weights,
             solver,
             packed,
@@ -104,23 +112,24 @@ fn widest_stage(s: &LayerShape) -> u64 {
     s.hidden_size.max(s.q_width()).max(s.intermediate_size) as u64
 }
 
-/// Columns of the temporaries of one batch: q, k, v and the attention output, or gate and up
-/// (freed buffers are recycled, so about this much stays mapped between stages as well).
+/// Columns of the temporaries of one batch: q, k, v and the attention output, or gate and up.
 fn batch_temporaries(s: &LayerShape) -> u64 {
     let attention = 2 * s.q_width() + 2 * s.kv_width();
     let mlp = 2 * s.intermediate_size;
-    2 * attention.max(mlp) as u64
+    attention.max(mlp) as u64
 }
 
 /// The solver's memory for the linears that read `id`'s input: the f64 Hessian, and per
-/// concurrent solve an f64 Cholesky factor and its inverse, the f32 factor and three f32
-/// copies of the weight (working, result, dequantized).
+/// concurrent solve the factorization — an f64 Cholesky factor and its inverse, of which only
+/// the lower triangles are written (untouched zeroed pages take no memory), and the f32
+/// factor — and three f32 copies of the weight (working, result, dequantized).
 fn solver_bytes(s: &LayerShape, id: LinearId, threads: u64) -> u64 {
     let group = id.input_group();
     let columns = id.dims(s).1 as u64;
     let rows = group.iter().map(|g| g.dims(s).0 as u64).max().unwrap_or(0);
     let concurrent = threads.min(group.len() as u64);
-    8 * columns * columns + concurrent * (20 * columns * columns + 3 * F32 * rows * columns)
+    let square = columns * columns;
+    8 * square + concurrent * ((4 + 4 + 4) * square + 3 * F32 * rows * columns)
 }
 
 /// What the machine can give this process, from `/proc/meminfo` and the cgroup limit (Linux).

@@ -399,12 +399,12 @@ fn copy_other_files(source: &Path, dir: &Path) -> Result<Vec<String>> {
 /// Bytes allowed per tensor for its entry in a safetensors header and in the shard index
 /// beside its name: `{"dtype":"I32","shape":[a,b],"data_offsets":[x,y]}` and the shard's file
 /// name come to well under this.
-const HEADER_BYTES_PER_TENSOR: u64 = 160;
+const HEADER_BYTES_PER_TENSOR: u64 = 176;
 
 /// An upper bound on the bytes of the checkpoint that quantizing `source` with `options`
 /// writes: tensor data, configs and copied files exactly, safetensors headers and the shard
-/// index generously ([`HEADER_BYTES_PER_TENSOR`] and twice the name per tensor). Known before
-/// any work, from the tensor headers alone.
+/// index generously (176 bytes and twice the name per tensor). Known before any work, from the
+/// tensor headers alone.
 pub fn checkpoint_bytes(source: &Checkpoint, options: &PipelineOptions) -> Result<u64> {
     let config = source.config();
     let mut quantized = HashMap::new();
@@ -426,7 +426,7 @@ pub fn checkpoint_bytes(source: &Checkpoint, options: &PipelineOptions) -> Resul
             Some(&bytes) => (bytes, 4),
             None => (weights.raw(name)?.data.len() as u64, 1),
         };
-        total += data + tensors * (HEADER_BYTES_PER_TENSOR + 2 * name.len() as u64 + 16);
+        total += data + tensors * (HEADER_BYTES_PER_TENSOR + 2 * name.len() as u64);
     }
     let (config_json, quantize_json) = config_files(source, options);
     total += (json_text(&config_json).len() + json_text(&quantize_json).len()) as u64;
