@@ -138,7 +138,8 @@ pub struct SystemMemory {
     /// Memory and swap in all (or the cgroup's limit, if lower).
     pub total: u64,
     /// What can be had now without swapping others out: available memory and free swap (or
-    /// what the cgroup's limit leaves, if lower).
+    /// what the cgroup's limit leaves, if lower; the cgroup counts its page cache as used, so
+    /// inside a container this errs low, which only matters for the warning).
     pub available: u64,
 }
 
@@ -196,14 +197,78 @@ impl SystemMemory {
     }
 }
 
-/// The cgroup v2 memory limit of this process and its current use, if one is set.
+/// The tightest memory limit of the cgroups this process is in (v2 `memory.max`, v1
+/// `memory.limit_in_bytes`) and the use counted against it, if any is set: in a container,
+/// `/proc/meminfo` shows the host's memory.
 fn cgroup_limit() -> Option<(u64, u64)> {
-    let read = |file: &str| -> Option<u64> {
-        std::fs::read_to_string(format!("/sys/fs/cgroup/{file}"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    };
-    Some((read("memory.max")?, read("memory.current").unwrap_or(0)))
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read =
+        |file: &str| -> Option<u64> { std::fs::read_to_string(file).ok()?.trim().parse().ok() };
+    // "max" (v2) does not parse: no limit. v1 writes a huge number instead, which never wins.
+    cgroup_files(&own)
+        .iter()
+        .filter_map(|(limit, used)| Some((read(limit)?, read(used).unwrap_or(0))))
+        .min_by_key(|&(limit, used)| limit.saturating_sub(used))
+}
+
+/// The (limit, usage) files of the memory cgroups named in `/proc/self/cgroup`'s text.
+fn cgroup_files(own: &str) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        // The path as seen from the host, or from this container's own cgroup namespace.
+        for path in [path, ""] {
+            if controllers.is_empty() {
+                for root in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                    files.push((
+                        format!("{root}{path}/memory.max"),
+                        format!("{root}{path}/memory.current"),
+                    ));
+                }
+            } else if controllers.split(',').any(|c| c == "memory") {
+                let dir = format!("/sys/fs/cgroup/memory{path}");
+                files.push((
+                    format!("{dir}/memory.limit_in_bytes"),
+                    format!("{dir}/memory.usage_in_bytes"),
+                ));
+            }
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_limits_are_looked_up_for_both_versions() {
+        let files = cgroup_files("12:memory:/docker/abc\n0::/user.slice/x\nnot a cgroup line\n");
+        let limits: Vec<&str> = files.iter().map(|(limit, _)| limit.as_str()).collect();
+        for expected in [
+            "/sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/user.slice/x/memory.max",
+            "/sys/fs/cgroup/unified/user.slice/x/memory.max",
+            "/sys/fs/cgroup/memory.max",
+        ] {
+            assert!(limits.contains(&expected), "{expected} not in {limits:?}");
+        }
+        assert!(cgroup_files("3:cpuset:/a\n").is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn linux_reports_its_memory() {
+        let memory = SystemMemory::read().expect("/proc/meminfo is readable on Linux");
+        assert!(
+            memory.available > 0 && memory.available <= memory.total,
+            "{memory:?}"
+        );
+    }
 }
