@@ -22,7 +22,7 @@ const F32: u64 = 4;
 /// Bytes a run holds at its widest point, by what they hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct MemoryEstimate {
-    /// Calibration activations held between stages: the residual stream (twice without
+    /// Calibration activations held between stages: the residual stream (four times without
     /// true-sequential, which keeps the layer's input for the second pass) and the widest
     /// stage's output (the MLP's inner activations in Llama models).
     pub activations: u64,
@@ -58,7 +58,11 @@ impl MemoryEstimate {
             .max()
             .unwrap_or(0);
         let hidden = shape.hidden_size as u64;
-        let residual_copies = if options.true_sequential { 1 } else { 2 };
+        // Without true-sequential the layer's input is kept for the second pass beside the
+        // first pass's residual stream; the allocator was also measured to hold about two more
+        // hidden-width activations there (freed batch by batch between the passes, but not
+        // returned: 1213 MiB for SmolLM2 on 128 × 512 tokens, where two copies predict 953).
+        let residual_copies = if options.true_sequential { 1 } else { 4 };
         let widest = widest_stage(&shape);
         let activations = F32 * tokens * (residual_copies * hidden + widest);
         let temporaries = F32 * batch_tokens * (batch_temporaries(&shape) + widest);

@@ -391,7 +391,7 @@ fn the_memory_need_is_predicted_and_checked_before_the_run() {
     let two_pass = MemoryEstimate::new(&config, &[24; 6], &two_pass).unwrap();
     assert_eq!(
         two_pass.activations - small.activations,
-        4 * 6 * 24 * hidden
+        3 * 4 * 6 * 24 * hidden
     );
 
     let ample = SystemMemory {
