@@ -6,7 +6,6 @@
 //! model, whose pages the system can drop and read again.
 
 use gptq_model::{DEFAULT_BUFFER_POOL_BYTES, LayerShape, LinearId, ModelConfig};
-use gptq_quant::packed_bytes;
 use serde::Serialize;
 
 use crate::error::{PipelineError, Result};
@@ -88,10 +87,7 @@ impl MemoryEstimate {
 
         let mut packed_layer = 0u64;
         for id in LinearId::ALL {
-            let (rows, columns) = id.dims(&shape);
-            let groups = options.config.group_size().groups(columns);
-            packed_layer += packed_bytes(options.config.bits(), rows, columns, groups)
-                .map_err(PipelineError::quantization(format!("{id}")))?;
+            packed_layer += options.packed_linear_bytes(id, &shape, 0)?;
         }
         let packed = packed_layer * config.num_hidden_layers as u64;
 

@@ -2,7 +2,10 @@
 
 use faer::Par;
 use gptq_core::QuantConfig;
-use gptq_quant::{CheckpointFormat, MinMaxGrid};
+use gptq_model::{LayerShape, LinearId};
+use gptq_quant::{CheckpointFormat, MinMaxGrid, packed_bytes};
+
+use crate::error::{PipelineError, Result};
 use gptq_solver::SolveOptions;
 
 /// Options of a quantization run.
@@ -37,6 +40,20 @@ impl PipelineOptions {
             batch_sequences: 8,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
+    }
+
+    /// The checkpoint bytes of linear `id` of decoder layer `layer` (of shape `shape`) once
+    /// quantized with these options: its four packed tensors, headers not included.
+    pub(crate) fn packed_linear_bytes(
+        &self,
+        id: LinearId,
+        shape: &LayerShape,
+        layer: usize,
+    ) -> Result<u64> {
+        let (rows, columns) = id.dims(shape);
+        let groups = self.config.group_size().groups(columns);
+        packed_bytes(self.config.bits(), rows, columns, groups)
+            .map_err(PipelineError::quantization(id.tensor_prefix(layer)))
     }
 
     /// The checkpoint format in effect.

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use gptq_model::{Checkpoint, LinearId};
-use gptq_quant::{PackedTensor, packed_bytes};
+use gptq_quant::PackedTensor;
 use safetensors::Dtype;
 use safetensors::tensor::View;
 use serde_json::{Value, json};
@@ -411,10 +411,7 @@ pub fn checkpoint_bytes(source: &Checkpoint, options: &PipelineOptions) -> Resul
     for layer in 0..config.num_hidden_layers {
         let shape = config.layer_shape(layer);
         for id in LinearId::ALL {
-            let (rows, columns) = id.dims(&shape);
-            let groups = options.config.group_size().groups(columns);
-            let bytes = packed_bytes(options.config.bits(), rows, columns, groups)
-                .map_err(PipelineError::quantization(id.tensor_prefix(layer)))?;
+            let bytes = options.packed_linear_bytes(id, &shape, layer)?;
             quantized.insert(format!("{}.weight", id.tensor_prefix(layer)), bytes);
         }
     }
