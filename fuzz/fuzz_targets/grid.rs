@@ -7,7 +7,9 @@ use gptq_quant::MinMaxGrid;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&header, body)) = data.split_first() else { return };
+    let Some((&header, body)) = data.split_first() else {
+        return;
+    };
     let bits = 2 + header % 7;
     let grid = MinMaxGrid::new(bits, header & 0x80 != 0).expect("bits in range");
     let values: Vec<f32> = body

@@ -161,6 +161,18 @@ pub enum ModelError {
         seqlen: usize,
     },
 
+    /// The model's output for a sequence is NaN or infinite although its weights are finite:
+    /// somewhere in the forward pass a value overflowed f32.
+    #[error(
+        "the next-token log-likelihood of sequence {sequence} (counting from 0) is not finite: \
+         the model's activations overflow f32, so its weights are corrupt or far outside the \
+         range they were trained in"
+    )]
+    NonFiniteLikelihood {
+        /// The sequence (an evaluation window in [`perplexity`](crate::perplexity)).
+        sequence: usize,
+    },
+
     /// An input to a forward stage has the wrong shape.
     #[error("shape mismatch for {what}: expected {expected}, got {actual}")]
     Shape {

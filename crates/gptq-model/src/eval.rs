@@ -95,7 +95,15 @@ pub fn perplexity(
     for group in windows.chunks(batch) {
         let flat: Vec<u32> = group.concat();
         let lens = vec![opts.seqlen; group.len()];
-        sums.extend(model.nll(&flat, &lens, opts.par)?);
+        let done = sums.len();
+        let group_sums = model.nll(&flat, &lens, opts.par).map_err(|e| match e {
+            // Number the window within the whole evaluation, not within its batch.
+            ModelError::NonFiniteLikelihood { sequence } => ModelError::NonFiniteLikelihood {
+                sequence: done + sequence,
+            },
+            other => other,
+        })?;
+        sums.extend(group_sums);
         progress(sums.len(), windows.len());
     }
     let total: f64 = sums.iter().map(|s| s.sum).sum();

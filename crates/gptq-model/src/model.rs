@@ -295,6 +295,8 @@ impl Model {
 
     /// Next-token NLL of each sequence: position `t` predicts token `t + 1`. Logits are made
     /// 256 rows at a time and reduced at once, so memory stays bounded whatever the batch.
+    /// A sequence whose NLL is not finite (activations that overflowed) is an error, not a
+    /// NaN.
     pub fn nll(&self, tokens: &[u32], seq_lens: &[usize], par: Par) -> Result<Vec<NllSum>> {
         let hidden = self.final_hidden(tokens, seq_lens, par)?;
         let (w, bias) = match &self.lm_head {
@@ -347,6 +349,9 @@ impl Model {
         }
         recycle(hidden);
         recycle(logits);
+        if let Some(sequence) = sums.iter().position(|s| !s.sum.is_finite()) {
+            return Err(ModelError::NonFiniteLikelihood { sequence });
+        }
         Ok(sums)
     }
 }

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::calib::SplitMix64;
+use crate::{Checkpoint, PerplexityOptions, perplexity};
+use gptq_core::QuantizedTensor;
+use gptq_quant::{CheckpointFormat, pack};
+use ndarray::Array2;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
@@ -223,6 +227,195 @@ impl Tiny {
     }
 }
 
+/// How [`Tiny::write_gptq`] stores the linears of a tiny model.
+#[derive(Clone, Copy, Debug)]
+pub struct TinyGptq {
+    /// Bits per weight (the tiny model's input widths must be packable at this width).
+    pub bits: u8,
+    /// Columns per group.
+    pub group_size: usize,
+    /// How zero points are stored.
+    pub format: CheckpointFormat,
+    /// Whether `g_idx` assigns columns to groups in a shuffled order, as act-order checkpoints
+    /// do (`desc_act` true), instead of consecutive runs.
+    pub act_order: bool,
+}
+
+impl Default for TinyGptq {
+    fn default() -> Self {
+        Self {
+            bits: 4,
+            group_size: 16,
+            format: CheckpointFormat::GptqV2,
+            act_order: false,
+        }
+    }
+}
+
+/// One tensor to write: name, element type, shape, little-endian bytes.
+pub type EncodedTensor = (String, Dtype, Vec<usize>, Vec<u8>);
+
+impl Tiny {
+    /// Writes a GPTQ checkpoint of this model, as another tool would: random codes, scales and
+    /// zero points for every linear, packed by `q`, and every other tensor in f32. Returns the
+    /// directory and each linear's quantized tensor by prefix (`model.layers.0.mlp.up_proj`).
+    pub fn write_gptq(
+        &self,
+        seed: u64,
+        q: TinyGptq,
+    ) -> (TempDir, BTreeMap<String, QuantizedTensor>) {
+        let dir = TempDir::new("gptq");
+        let mut config = self.config();
+        config["quantization_config"] = json!({
+            "quant_method": "gptq", "bits": q.bits, "group_size": q.group_size,
+            "desc_act": q.act_order, "sym": false, "checkpoint_format": q.format.as_str()
+        });
+        write_config(dir.path(), &config);
+        let mut rng = SplitMix64::new(seed ^ 0x5151_5151);
+        let mut encoded: Vec<EncodedTensor> = Vec::new();
+        let mut linears = BTreeMap::new();
+        for (name, (shape, values)) in self.tensors(seed) {
+            let Some(prefix) = name
+                .strip_suffix(".weight")
+                .filter(|p| p.ends_with("_proj"))
+            else {
+                encoded.push((name, Dtype::F32, shape, encode(&values, Dtype::F32)));
+                continue;
+            };
+            let tensor = random_quantized(&mut rng, q, (shape[0], shape[1]));
+            let packed = pack(&tensor, q.format).expect("tiny shapes are packable");
+            let ints = |a: &Array2<i32>| a.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let halves = packed.scales.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let g_idx = packed.g_idx.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let dims = |a: &Array2<i32>| vec![a.nrows(), a.ncols()];
+            encoded.extend([
+                (
+                    format!("{prefix}.qweight"),
+                    Dtype::I32,
+                    dims(&packed.qweight),
+                    ints(&packed.qweight),
+                ),
+                (
+                    format!("{prefix}.qzeros"),
+                    Dtype::I32,
+                    dims(&packed.qzeros),
+                    ints(&packed.qzeros),
+                ),
+                (
+                    format!("{prefix}.scales"),
+                    Dtype::F16,
+                    vec![packed.scales.nrows(), packed.scales.ncols()],
+                    halves,
+                ),
+                (
+                    format!("{prefix}.g_idx"),
+                    Dtype::I32,
+                    vec![packed.g_idx.len()],
+                    g_idx,
+                ),
+            ]);
+            linears.insert(prefix.to_string(), tensor);
+        }
+        write_tensors(&dir.path().join("model.safetensors"), &encoded);
+        (dir, linears)
+    }
+}
+
+/// Random codes and zero points, and scales near a trained weight's (`1/√columns` over the
+/// grid's half range), already f16 values so that packing loses nothing.
+fn random_quantized(
+    rng: &mut SplitMix64,
+    q: TinyGptq,
+    (rows, columns): (usize, usize),
+) -> QuantizedTensor {
+    let levels = 1u64 << q.bits;
+    let groups = columns.div_ceil(q.group_size);
+    let mut g_idx: Vec<u32> = (0..columns).map(|c| (c / q.group_size) as u32).collect();
+    if q.act_order {
+        for i in (1..columns).rev() {
+            g_idx.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+    }
+    let step = 2.0 / (columns as f32).sqrt() / levels as f32;
+    let codes = Array2::from_shape_simple_fn((rows, columns), || rng.below(levels) as u8);
+    let scales = Array2::from_shape_simple_fn((groups, rows), || {
+        let u = rng.below(1 << 16) as f32 / (1 << 16) as f32;
+        half::f16::from_f32(step * (0.5 + u)).to_f32()
+    });
+    // At least 1: the v1 format stores `zero - 1`.
+    let zeros = Array2::from_shape_simple_fn((groups, rows), || 1 + rng.below(levels - 1) as u16);
+    QuantizedTensor::new(q.bits, codes, scales, zeros, g_idx, None)
+        .expect("random tensors are valid")
+}
+
+/// `original` with edits applied, as a fuzzer would make them: `edits` is read five bytes at a
+/// time, a little-endian position and a byte to write there (positions with the top bit set
+/// fall in the first 4 KiB, where the safetensors header is, the others anywhere); 1 to 4
+/// bytes left over cut the file at the position they spell.
+pub fn corrupt(original: &[u8], edits: &[u8]) -> Vec<u8> {
+    let mut bytes = original.to_vec();
+    if bytes.is_empty() {
+        return bytes;
+    }
+    let mut chunks = edits.chunks_exact(5);
+    for chunk in &mut chunks {
+        let at = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        let span = if at >> 31 == 1 {
+            bytes.len().min(4096)
+        } else {
+            bytes.len()
+        };
+        let at = (at & 0x7fff_ffff) as usize % span;
+        bytes[at] = chunk[4];
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut word = [0u8; 4];
+        word[..rest.len()].copy_from_slice(rest);
+        bytes.truncate(u32::from_le_bytes(word) as usize % bytes.len());
+    }
+    bytes
+}
+
+/// The property fuzzed on checkpoints: writes `bytes` as `dir/model.safetensors` (beside the
+/// `config.json` already there) and reads it the ways `gptq inspect` and `gptq eval` do —
+/// every tensor's header and bytes, the shape check, every layer (packed linears unpacked), and
+/// the perplexity of two windows. Whatever the bytes, each step returns a value or an error;
+/// a panic or a NaN fails the check.
+pub fn check_reading_checkpoint(dir: &Path, bytes: &[u8]) {
+    std::fs::write(dir.join("model.safetensors"), bytes).expect("test fixture I/O");
+    let Ok(checkpoint) = Checkpoint::open(dir) else {
+        return;
+    };
+    let weights = checkpoint.weights();
+    for name in weights.names() {
+        let _ = weights.meta(name);
+        let _ = weights.raw(name);
+    }
+    let _ = checkpoint.check_layer_tensors();
+    let Ok(model) = checkpoint.load_model() else {
+        return;
+    };
+    let vocab = checkpoint.config().vocab_size as u32;
+    let tokens: Vec<u32> = (0..32u32).map(|t| (t * 7 + 3) % vocab).collect();
+    let options = PerplexityOptions {
+        seqlen: 16,
+        max_windows: None,
+        batch_windows: 2,
+        par: faer::Par::Seq,
+    };
+    if let Ok(report) = perplexity(&model, &tokens, &options, |_, _| {}) {
+        // A finite mean NLL past ~709 nats is a perplexity that overflows f64: infinite is
+        // then the right answer, NaN never is.
+        assert!(
+            report.mean_nll.is_finite() && !report.perplexity.is_nan(),
+            "mean NLL {}, perplexity {}",
+            report.mean_nll,
+            report.perplexity
+        );
+    }
+}
+
 /// Uniform in `offset ± scale`.
 pub fn random(rng: &mut SplitMix64, n: usize, scale: f32, offset: f32) -> Vec<f32> {
     (0..n)
@@ -271,7 +464,7 @@ pub fn write_safetensors(
     write_raw(path, &bytes, dtype);
 }
 
-/// Writes already-encoded tensors into a safetensors file.
+/// Writes already-encoded tensors, all of element type `dtype`, into a safetensors file.
 pub fn write_raw(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype) {
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
@@ -279,6 +472,20 @@ pub fn write_raw(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: 
             (
                 k.clone(),
                 TensorView::new(dtype, s.clone(), b).expect("test fixture I/O"),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).expect("test fixture I/O");
+}
+
+/// Writes already-encoded tensors of any element types into a safetensors file.
+pub fn write_tensors(path: &Path, tensors: &[EncodedTensor]) {
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, dtype, s, b)| {
+            (
+                k.clone(),
+                TensorView::new(*dtype, s.clone(), b).expect("test fixture I/O"),
             )
         })
         .collect();

@@ -969,6 +969,42 @@ fn perplexity_protocol_windows() {
 }
 
 #[test]
+fn a_likelihood_that_overflows_is_an_error_naming_the_window() {
+    // With rms_norm_eps 0, an all-zero embedding row normalizes to 0/0: every window that holds
+    // that token gets a NaN log-likelihood, the others stay finite.
+    let tiny = Tiny::default();
+    let dir = TempDir::new("overflow");
+    let mut config = tiny.config();
+    config["rms_norm_eps"] = 0.0.into();
+    write_config(dir.path(), &config);
+    let mut tensors = tiny.tensors(3);
+    let (_, table) = tensors.get_mut("model.embed_tokens.weight").unwrap();
+    let zero_token = 63;
+    table[zero_token * tiny.hidden..(zero_token + 1) * tiny.hidden].fill(0.0);
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors, Dtype::F32);
+    let model = Checkpoint::open(dir.path()).unwrap().load_model().unwrap();
+
+    let mut tokens: Vec<u32> = (0..300).map(|i| (i % 63) as u32).collect();
+    tokens[250] = zero_token as u32; // in the third window of 100
+    for batch_windows in [1, 2, 4] {
+        let opts = gptq_model::PerplexityOptions {
+            seqlen: 100,
+            max_windows: None,
+            batch_windows,
+            par: Par::Seq,
+        };
+        let err = gptq_model::perplexity(&model, &tokens, &opts, |_, _| {}).unwrap_err();
+        assert!(
+            matches!(err, ModelError::NonFiniteLikelihood { sequence: 2 }),
+            "batch {batch_windows}: {err}"
+        );
+        assert!(err.to_string().contains("overflow"), "{err}");
+        // The first two windows alone are fine.
+        assert!(gptq_model::perplexity(&model, &tokens[..200], &opts, |_, _| {}).is_ok());
+    }
+}
+
+#[test]
 fn recycled_buffers_do_not_change_results() {
     // qwen2 has q/k/v biases: the bias-first path of `Linear::forward` is covered too.
     for model_type in ["llama", "qwen2"] {
