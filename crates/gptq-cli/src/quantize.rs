@@ -8,8 +8,8 @@ use gptq_core::{Backend, GroupSize, HessianPrecision, QuantConfig};
 use gptq_model::Checkpoint;
 use gptq_pipeline::{
     CalibrationSource, MemoryEstimate, PipelineOptions, RunReport, SystemMemory, Totals,
-    WriteOptions, check_free_space, check_output, checkpoint_bytes, peak_memory_bytes,
-    quantization_config, quantize_model, write_checkpoint,
+    WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
+    peak_memory_bytes, quantization_config, quantize_model, write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -186,6 +186,9 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
         max_shard_bytes: args.max_shard_mib.max(1) << 20,
         overwrite: args.overwrite,
     };
+    for line in clean_interrupted_runs(&args.out) {
+        eprintln!("note: {line}");
+    }
     // Mistakes in where the results go surface now, not after the whole run.
     check_output(&checkpoint, &args.out, &write).map_err(|e| e.to_string())?;
     let size = checkpoint_bytes(&checkpoint, options).map_err(|e| e.to_string())?;

@@ -80,6 +80,6 @@ pub use progress::{Event, Progress, Silent};
 pub use quantize::{QuantizedLinear, QuantizedModel, check_model, quantize_model};
 pub use report::{ModuleReport, RunReport, StageTimes, Totals, peak_memory_bytes};
 pub use writer::{
-    TOOL, WriteOptions, check_free_space, check_output, checkpoint_bytes, quantization_config,
-    write_checkpoint,
+    TOOL, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
+    quantization_config, write_checkpoint,
 };

@@ -183,7 +183,8 @@ pub fn check_output(source: &Checkpoint, out: &Path, write: &WriteOptions) -> Re
 }
 
 /// Writes the checkpoint of `model` (quantized from `source`) to `out`; returns the files
-/// written.
+/// written. What interrupted runs left beside `out` is cleared first
+/// ([`clean_interrupted_runs`]).
 pub fn write_checkpoint(
     source: &Checkpoint,
     model: &QuantizedModel,
@@ -191,6 +192,7 @@ pub fn write_checkpoint(
     out: &Path,
     write: &WriteOptions,
 ) -> Result<Vec<PathBuf>> {
+    clean_interrupted_runs(out);
     check_output(source, out, write)?;
     check_free_space(out, checkpoint_bytes(source, options)?)?;
     let out_abs = absolute(out);
@@ -201,7 +203,7 @@ pub fn write_checkpoint(
         .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent).map_err(PipelineError::write(&parent))?;
     let staging = parent.join(format!(
-        ".{}.partial-{}",
+        ".{}{PARTIAL}{}",
         name.to_string_lossy(),
         std::process::id()
     ));
@@ -219,6 +221,95 @@ pub fn write_checkpoint(
     written
 }
 
+/// Between the name and the writing process's id in a staging directory's name
+/// (`.NAME.partial-PID`).
+const PARTIAL: &str = ".partial-";
+/// The same for a checkpoint being replaced under `--overwrite` (`.NAME.old-PID`).
+const REPLACED: &str = ".old-";
+
+/// Clears what runs that were killed left beside `out`, and says what it did, a line each.
+///
+/// A run writes into `.NAME.partial-PID` and renames it to `NAME` when done; with `--overwrite`
+/// it first moves the previous `NAME` to `.NAME.old-PID` and deletes that last. A run killed
+/// while writing leaves its staging directory (as large as the checkpoint, and incomplete by
+/// definition): it is removed. A run killed between its two renames leaves the previous
+/// checkpoint in `.NAME.old-PID` and no `NAME`: it is moved back. Directories whose process is
+/// still running are left alone (where that cannot be told, as off Unix, all are). Failures
+/// are reported in the lines, not returned: clearing is a courtesy that never stops a run.
+pub fn clean_interrupted_runs(out: &Path) -> Vec<String> {
+    let out = absolute(out);
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    let (partial, replaced) = (format!(".{name}{PARTIAL}"), format!(".{name}{REPLACED}"));
+    let dead = |file: &str, prefix: &str| {
+        file.strip_prefix(prefix)
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| pid != std::process::id() && !process_alive(pid))
+    };
+    let mut said = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let outcome = if dead(&file, &partial) {
+            std::fs::remove_dir_all(&path).map(|()| {
+                format!(
+                    "removed {}, the unfinished output of an interrupted run",
+                    path.display()
+                )
+            })
+        } else if dead(&file, &replaced) && !out.exists() {
+            std::fs::rename(&path, &out).map(|()| {
+                format!(
+                    "restored {} from {}, where an interrupted run had moved it",
+                    out.display(),
+                    path.display()
+                )
+            })
+        } else if dead(&file, &replaced) {
+            std::fs::remove_dir_all(&path).map(|()| {
+                format!(
+                    "removed {}, a checkpoint an interrupted run had already replaced",
+                    path.display()
+                )
+            })
+        } else {
+            continue;
+        };
+        said.push(outcome.unwrap_or_else(|e| {
+            format!(
+                "could not clear {} (left by an interrupted run): {e}",
+                path.display()
+            )
+        }));
+    }
+    said
+}
+
+/// Whether process `pid` exists (signal 0 delivers nothing; EPERM means it exists but belongs
+/// to another user).
+#[cfg(unix)]
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    if pid <= 0 {
+        return true; // 0 and negatives name process groups, not a process
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let found = unsafe { libc::kill(pid, 0) } == 0;
+    found || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+#[cfg(not(unix))]
+fn process_alive(_pid: u32) -> bool {
+    true
+}
+
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
@@ -227,7 +318,7 @@ fn absolute(path: &Path) -> PathBuf {
 fn replace_dir(staging: &Path, out: &Path, overwrite: bool) -> Result<()> {
     if overwrite && out.exists() {
         let old = out.with_file_name(format!(
-            ".{}.old-{}",
+            ".{}{REPLACED}{}",
             out.file_name().unwrap_or_default().to_string_lossy(),
             std::process::id()
         ));

@@ -8,8 +8,8 @@ use gptq_model::testing::{TempDir, Tiny};
 use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par};
 use gptq_pipeline::{
     CalibrationSource, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel, Silent,
-    SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, quantize_model,
-    write_checkpoint,
+    SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, clean_interrupted_runs,
+    quantize_model, write_checkpoint,
 };
 use gptq_quant::{CheckpointFormat, unpack};
 use gptq_solver::{CpuBackend, Gptq};
@@ -482,6 +482,55 @@ fn writing_is_atomic_and_never_clobbers_by_accident() {
         )
         .is_err()
     );
+}
+
+/// The id of a process that has exited.
+#[cfg(unix)]
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id()
+}
+
+#[test]
+#[cfg(unix)]
+fn what_interrupted_runs_left_is_cleared() {
+    let source = TINY.write(6);
+    let options = options(4, 32, true);
+    let (checkpoint, model) = run(source.path(), &options);
+    let out = TempDir::new("interrupted");
+    let target = out.path().join("model");
+    let dead = dead_pid();
+    // A run killed while writing, one killed between the renames of an --overwrite, and a run
+    // still going (pid 1 always exists).
+    let partial = out.path().join(format!(".model.partial-{dead}"));
+    let moved = out.path().join(format!(".model.old-{dead}"));
+    let running = out.path().join(".model.partial-1");
+    for dir in [&partial, &moved, &running] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::write(moved.join("previous.txt"), "the user's checkpoint").unwrap();
+    let said = clean_interrupted_runs(&target);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(!partial.exists() && !moved.exists() && running.is_dir());
+    assert_eq!(
+        std::fs::read_to_string(target.join("previous.txt")).unwrap(),
+        "the user's checkpoint"
+    );
+    assert!(said.iter().any(|l| l.starts_with("restored")), "{said:?}");
+
+    // Once the checkpoint is back, a stale copy of a replaced one is only garbage; writing
+    // clears it by itself.
+    let stale = out.path().join(format!(".model.old-{dead}"));
+    std::fs::create_dir(&stale).unwrap();
+    let replace = WriteOptions {
+        overwrite: true,
+        ..WriteOptions::default()
+    };
+    write_checkpoint(&checkpoint, &model, &options, &target, &replace).unwrap();
+    assert!(!stale.exists() && running.is_dir());
+    assert!(target.join("model.safetensors").is_file());
+    assert!(clean_interrupted_runs(&target).is_empty());
 }
 
 #[test]
