@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator};
+use gptq_core::{ActivationBatch, Backend, GptqError, GroupSize, HessianAccumulator};
 use gptq_model::{
     Checkpoint, DecoderLayer, LinearId, attention_core, embed, forward_layer, mlp_inner,
     rms_norm_par,
@@ -191,7 +191,7 @@ pub fn quantize_model<B: Backend>(
                 output,
                 &mut forward,
                 &mut |ids, inputs, lens, layer| {
-                    let hessian = run.hessian(inputs, lens)?;
+                    let hessian = run.hessian(layer.index, ids, inputs, lens)?;
                     run.quantize(layer, ids, &hessian, progress)
                 },
             )?;
@@ -206,8 +206,8 @@ pub fn quantize_model<B: Backend>(
                 par,
                 LayerOutput::Unused,
                 &mut forward,
-                &mut |ids, inputs, lens, _| {
-                    hessians.push((ids, run.hessian(inputs, lens)?));
+                &mut |ids, inputs, lens, layer| {
+                    hessians.push((ids, run.hessian(layer.index, ids, inputs, lens)?));
                     Ok(())
                 },
             )?;
@@ -267,6 +267,36 @@ fn raised_damping(modules: &[ModuleReport], asked: f64) -> Option<String> {
     })
 }
 
+/// The sequence and the position in it of row `row` of a batch of sequences `lens` long.
+fn sequence_of_row(lens: &[usize], mut row: usize) -> (usize, usize) {
+    for (sequence, &len) in lens.iter().enumerate() {
+        if row < len {
+            return (sequence, row);
+        }
+        row -= len;
+    }
+    (lens.len(), row)
+}
+
+/// The error for a calibration activation that is NaN or infinite: the forward pass overflowed
+/// (every weight was checked finite when it was loaded).
+fn overflowed(
+    layer: usize,
+    ids: &[LinearId],
+    value: f64,
+    sample: usize,
+    token: usize,
+) -> PipelineError {
+    let names: Vec<&str> = ids.iter().map(|id| id.hf_name()).collect();
+    PipelineError::Invalid(format!(
+        "layer {layer}: the input of {} is {value} at calibration sample {sample}, token \
+         {token} (counting from 0): the forward pass left f32's range there, which finite \
+         weights only do when they are corrupt or far outside the range they were trained in \
+         (`gptq eval` on the unquantized model tells whether it does so too)",
+        names.join(", ")
+    ))
+}
+
 /// The state of a run: the solver and what it has produced so far.
 struct Run<'b, B: Backend> {
     gptq: Gptq<&'b B>,
@@ -278,8 +308,15 @@ struct Run<'b, B: Backend> {
 }
 
 impl<B: Backend> Run<'_, B> {
-    /// The Hessian of one input shared by a group of linears.
-    fn hessian(&mut self, inputs: &[Array2<f32>], lens: &[&[usize]]) -> Result<B::Hessian> {
+    /// The Hessian of the input that the linears `ids` of layer `layer` share, from the
+    /// calibration batches `inputs` (holding sequences of `lens` tokens).
+    fn hessian(
+        &mut self,
+        layer: usize,
+        ids: &[LinearId],
+        inputs: &[Array2<f32>],
+        lens: &[&[usize]],
+    ) -> Result<B::Hessian> {
         let t = Instant::now();
         let columns = inputs[0].ncols();
         let context = || format!("Hessian of a {columns}-column input");
@@ -287,9 +324,19 @@ impl<B: Backend> Run<'_, B> {
             .gptq
             .accumulator(columns)
             .map_err(PipelineError::quantization(context()))?;
+        let mut samples_before = 0;
         for (x, lens) in inputs.iter().zip(lens) {
             acc.add_batch(&ActivationBatch::new(x.view()).sequences(lens.len()))
-                .map_err(PipelineError::quantization(context()))?;
+                .map_err(|e| match e {
+                    GptqError::NonFinite {
+                        value, position, ..
+                    } => {
+                        let (sample, token) = sequence_of_row(lens, position.row);
+                        overflowed(layer, ids, value, samples_before + sample, token)
+                    }
+                    other => PipelineError::quantization(context())(other),
+                })?;
+            samples_before += lens.len();
         }
         let hessian = acc
             .finish()

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator, QuantConfig};
-use gptq_model::testing::{TempDir, Tiny};
+use gptq_model::testing::{TempDir, Tiny, write_config, write_safetensors};
 use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par};
 use gptq_pipeline::{
     CalibrationSource, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel, Silent,
@@ -14,6 +14,7 @@ use gptq_pipeline::{
 use gptq_quant::{CheckpointFormat, unpack};
 use gptq_solver::{CpuBackend, Gptq};
 use ndarray::Array2;
+use safetensors::Dtype;
 
 const TINY: Tiny = Tiny {
     model_type: "llama",
@@ -622,6 +623,37 @@ fn calibration_sources_are_checked() {
         .load(&checkpoint, 5, 4)
         .unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}
+
+#[test]
+fn an_activation_that_overflows_is_named_by_layer_sample_and_token() {
+    // With rms_norm_eps 0, an all-zero embedding row normalizes to 0/0: NaN enters layer 0's
+    // q/k/v input wherever that token is.
+    let dir = TempDir::new("overflow");
+    let mut config = TINY.config();
+    config["rms_norm_eps"] = 0.0.into();
+    write_config(dir.path(), &config);
+    let mut tensors = TINY.tensors(3);
+    let (_, table) = tensors.get_mut("model.embed_tokens.weight").unwrap();
+    let zero_token = TINY.vocab - 1;
+    table[zero_token * TINY.hidden..][..TINY.hidden].fill(0.0);
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors, Dtype::F32);
+    let source = Checkpoint::open(dir.path()).unwrap();
+    let mut windows = samples(6, 32);
+    for w in &mut windows {
+        w.iter_mut().for_each(|t| *t %= zero_token as u32);
+    }
+    windows[4][7] = zero_token as u32;
+    let mut options = options(4, 32, true);
+    options.batch_sequences = 4; // the sample is found across batches
+    let backend = CpuBackend::with_threads(1);
+    let err = quantize_model(&source, &windows, &backend, &options, &mut Silent).unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.starts_with("layer 0: the input of self_attn.q_proj")
+            && message.contains("NaN at calibration sample 4, token 7"),
+        "{message}"
+    );
 }
 
 #[test]
