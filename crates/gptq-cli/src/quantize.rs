@@ -285,11 +285,22 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
         t.calibration_load, t.calibration_forward, t.hessian, t.solve, t.pack, t.write
     );
     if let Some(peak) = report.totals.peak_memory_bytes {
+        // The peak counts the pages of the memory-mapped weights that were read; the
+        // prediction leaves them out, since the kernel can drop them under pressure.
+        let mapped: u64 = checkpoint
+            .weights()
+            .files()
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.len())
+            .sum();
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
-            "peak memory {:.0} MiB (predicted {:.0} MiB, the mapped model not counted); total \
-             loss {loss:.4}",
-            peak as f64 / (1 << 20) as f64,
-            memory.peak as f64 / (1 << 20) as f64
+            "peak memory {:.0} MiB resident, of which up to {:.0} MiB the memory-mapped weights \
+             (predicted besides them: {:.0} MiB); total loss {loss:.4}",
+            mib(peak),
+            mib(mapped),
+            mib(memory.peak)
         );
     }
     if let Some(path) = &args.report {

@@ -120,6 +120,13 @@ fn quantize_reload_and_evaluate_smollm2() {
     assert!(predicted["activations"].as_u64().unwrap() >= tokens * 4 * (576 + 1536));
     assert!(predicted["peak"].as_u64().unwrap() < 2 << 30);
     assert!(stderr(&run).contains("needs about"), "{}", stderr(&run));
+    // The measured peak is printed with the share the mapped weights may have in it (the
+    // SmolLM2 weights file is 257 MiB).
+    assert!(
+        stdout(&run).contains("of which up to 257 MiB the memory-mapped weights"),
+        "{}",
+        stdout(&run)
+    );
 
     let inspect = gptq(&["inspect", &s(&out), "--verify"]);
     assert!(inspect.status.success(), "{}", stderr(&inspect));
