@@ -7,9 +7,10 @@ use clap::ValueEnum;
 use gptq_core::{Backend, GroupSize, HessianPrecision, QuantConfig};
 use gptq_model::Checkpoint;
 use gptq_pipeline::{
-    CalibrationSource, MemoryEstimate, PipelineOptions, RunReport, SystemMemory, Totals,
-    WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
-    peak_memory_bytes, quantization_config, quantize_model, write_checkpoint,
+    CalibrationSource, Event, MemoryEstimate, PipelineOptions, Progress, RunReport, SystemMemory,
+    Totals, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
+    default_resume_dir, holds_saved_run, peak_memory_bytes, quantization_config, quantize_model,
+    write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -111,6 +112,10 @@ pub struct Args {
     /// Replace the output directory if it exists.
     #[arg(long)]
     overwrite: bool,
+    /// Save the run after each layer in .NAME.resume beside --out, and continue from the state
+    /// an interrupted run with the same model, calibration and settings saved there.
+    #[arg(long)]
+    resume: bool,
     /// Run even when the predicted memory need exceeds all of the machine's memory and swap.
     #[arg(long)]
     no_memory_check: bool,
@@ -151,6 +156,7 @@ impl Args {
             }),
             batch_sequences: self.batch.max(1),
             threads,
+            resume_dir: self.resume.then(|| default_resume_dir(&self.out)),
         })
     }
 }
@@ -188,6 +194,14 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     };
     for line in clean_interrupted_runs(&args.out) {
         eprintln!("note: {line}");
+    }
+    let saved_state = default_resume_dir(&args.out);
+    if !args.resume && holds_saved_run(&saved_state) {
+        eprintln!(
+            "note: {} holds the state of an interrupted run: pass --resume to continue it \
+             (this run neither reads nor changes it)",
+            saved_state.display()
+        );
     }
     // Mistakes in where the results go surface now, not after the whole run.
     check_output(&checkpoint, &args.out, &write).map_err(|e| e.to_string())?;
@@ -245,7 +259,17 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     let t = Instant::now();
     let files = write_checkpoint(&checkpoint, &model, options, &args.out, &write)
         .map_err(|e| e.to_string())?;
-    model.times.write = t.elapsed().as_secs_f64();
+    model.times.write += t.elapsed().as_secs_f64();
+    // The checkpoint is complete: the saved state has served.
+    if let Some(dir) = &options.resume_dir
+        && let Err(e) = std::fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        bars.event(Event::Warning(format!(
+            "could not remove the saved run state {}: {e}",
+            dir.display()
+        )));
+    }
     bars.set_position(1);
     bars.finish();
 

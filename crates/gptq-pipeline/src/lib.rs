@@ -5,7 +5,8 @@
 //! 1. [`CalibrationSource`]: token-id windows, random windows of a text, or a JSONL of texts.
 //! 2. [`quantize_model`]: sequential layer-by-layer GPTQ on any
 //!    [`Backend`](gptq_core::Backend), true-sequential by default, each linear computed once
-//!    with the weights it will have.
+//!    with the weights it will have; with [`PipelineOptions::resume_dir`] saved after each
+//!    layer, so that a killed run goes on where it stopped.
 //! 3. [`write_checkpoint`]: `model.safetensors` (sharded when large) with
 //!    `qweight`/`qzeros`/`scales`/`g_idx` per linear and every other tensor copied unchanged,
 //!    `config.json` with `quantization_config`, `quantize_config.json`, the tokenizer files —
@@ -70,6 +71,7 @@ mod options;
 mod progress;
 mod quantize;
 mod report;
+mod resume;
 mod writer;
 
 pub use calibration::CalibrationSource;
@@ -79,6 +81,7 @@ pub use options::PipelineOptions;
 pub use progress::{Event, Progress, Silent};
 pub use quantize::{QuantizedLinear, QuantizedModel, check_model, quantize_model};
 pub use report::{ModuleReport, RunReport, StageTimes, Totals, peak_memory_bytes};
+pub use resume::{default_resume_dir, holds_saved_run};
 pub use writer::{
     TOOL, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
     quantization_config, write_checkpoint,

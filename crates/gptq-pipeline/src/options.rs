@@ -26,11 +26,17 @@ pub struct PipelineOptions {
     pub batch_sequences: usize,
     /// Threads for the forward passes (the backend has its own setting).
     pub threads: usize,
+    /// Where to save the run after each decoder layer, and to resume it from: a run that
+    /// finds there the state of an interrupted run with the same model, calibration tokens,
+    /// settings and backend continues after its last saved layer, with the same result as an
+    /// uninterrupted run. The caller removes the directory once the checkpoint is written.
+    /// `None` (the default) saves nothing.
+    pub resume_dir: Option<std::path::PathBuf>,
 }
 
 impl PipelineOptions {
     /// True-sequential, default solver options, format by symmetry, 8 sequences per batch, all
-    /// cores.
+    /// cores, nothing saved for resuming.
     pub fn new(config: QuantConfig) -> Self {
         PipelineOptions {
             config,
@@ -39,6 +45,7 @@ impl PipelineOptions {
             format: None,
             batch_sequences: 8,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            resume_dir: None,
         }
     }
 

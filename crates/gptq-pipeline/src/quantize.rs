@@ -24,6 +24,7 @@ use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
 use crate::progress::{Event, Progress};
 use crate::report::{ModuleReport, StageTimes};
+use crate::resume::{Found, ResumeDir, Saved};
 
 /// One packed linear of the quantized model.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,9 +63,9 @@ pub struct QuantizedModel {
 
 /// A batch of calibration sequences laid end to end: `[tokens, hidden]`.
 #[derive(Debug, Clone)]
-struct Batch {
-    hidden: Array2<f32>,
-    lens: Vec<usize>,
+pub(crate) struct Batch {
+    pub(crate) hidden: Array2<f32>,
+    pub(crate) lens: Vec<usize>,
 }
 
 /// Checks, before any work, that every linear can be quantized and packed as asked, and that the
@@ -134,45 +135,44 @@ pub fn quantize_model<B: Backend>(
     }
     let config = checkpoint.config();
     let par = options.par();
-    let mut times = StageTimes::default();
-
-    progress.event(Event::Stage {
-        name: "capturing layer-0 inputs".into(),
-        total: 1,
-    });
-    let t = Instant::now();
-    let mut batches = {
-        let table = checkpoint.load_embedding()?;
-        samples
-            .chunks(options.batch_sequences.max(1))
-            .map(|group| {
-                let tokens: Vec<u32> = group.concat();
-                Ok(Batch {
-                    hidden: embed(table.view(), &tokens)?,
-                    lens: group.iter().map(Vec::len).collect(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?
-    };
-    times.calibration_forward += t.elapsed().as_secs_f64();
-    progress.event(Event::Advance(1));
-    progress.event(Event::StageDone);
-
+    let layers = config.num_hidden_layers;
     let mut run = Run {
         gptq: Gptq::new(backend, options.config.clone()).with_options(options.solve),
         grid: options.grid(),
         format: options.checkpoint_format(),
-        times,
+        times: StageTimes::default(),
         linears: Vec::new(),
         modules: Vec::new(),
     };
-    let layers = config.num_hidden_layers;
+    let resume = options
+        .resume_dir
+        .as_deref()
+        .map(|dir| ResumeDir::new(dir, checkpoint, samples, options, backend.name()));
+    let saved = match &resume {
+        Some(resume) => saved_run(resume, options, layers, &mut warnings, progress)?,
+        None => None,
+    };
+    let (first_layer, mut batches) = match saved {
+        Some(saved) => {
+            run.times = saved.times;
+            run.linears = saved.linears;
+            run.modules = saved.modules;
+            (saved.next_layer, saved.batches)
+        }
+        None => (
+            0,
+            layer_zero_inputs(checkpoint, samples, options, &mut run, progress)?,
+        ),
+    };
+
     progress.event(Event::Stage {
         name: "quantizing layers".into(),
         total: layers as u64,
     });
-    for index in 0..layers {
+    progress.event(Event::Advance(first_layer as u64));
+    for index in first_layer..layers {
         progress.event(Event::Message(format!("layer {}/{layers}", index + 1)));
+        let done_before = run.linears.len();
         let t = Instant::now();
         let mut layer = checkpoint.load_layer(index)?;
         let mut forward = t.elapsed().as_secs_f64();
@@ -229,6 +229,13 @@ pub fn quantize_model<B: Backend>(
             }
         }
         run.times.calibration_forward += forward;
+        if let Some(resume) = &resume {
+            let t = Instant::now();
+            let next_input = (!last).then_some(&batches[..]);
+            let done = &run.linears[done_before..];
+            resume.save(index, done, next_input, &run.modules, &run.times)?;
+            run.times.write += t.elapsed().as_secs_f64();
+        }
         progress.event(Event::Advance(1));
     }
     progress.event(Event::StageDone);
@@ -244,6 +251,76 @@ pub fn quantize_model<B: Backend>(
         warnings,
         tokens: samples.iter().map(Vec::len).sum(),
     })
+}
+
+/// The calibration batches embedded: the inputs of decoder layer 0.
+fn layer_zero_inputs<B: Backend>(
+    checkpoint: &Checkpoint,
+    samples: &[Vec<u32>],
+    options: &PipelineOptions,
+    run: &mut Run<'_, B>,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Batch>> {
+    progress.event(Event::Stage {
+        name: "capturing layer-0 inputs".into(),
+        total: 1,
+    });
+    let t = Instant::now();
+    let table = checkpoint.load_embedding()?;
+    let batches = samples
+        .chunks(options.batch_sequences.max(1))
+        .map(|group| {
+            let tokens: Vec<u32> = group.concat();
+            Ok(Batch {
+                hidden: embed(table.view(), &tokens)?,
+                lens: group.iter().map(Vec::len).collect(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    run.times.calibration_forward += t.elapsed().as_secs_f64();
+    progress.event(Event::Advance(1));
+    progress.event(Event::StageDone);
+    Ok(batches)
+}
+
+/// What `resume` holds for this run, with a warning either way when something was there.
+fn saved_run(
+    resume: &ResumeDir,
+    options: &PipelineOptions,
+    layers: usize,
+    warnings: &mut Vec<String>,
+    progress: &mut dyn Progress,
+) -> Result<Option<Saved>> {
+    let dir = resume.path().display();
+    let (saved, warning) = match resume.load(options.config.bits(), options.checkpoint_format())? {
+        Found::Nothing => return Ok(None),
+        Found::OtherRun => (
+            None,
+            format!(
+                "{dir} held the saved state of another run (another model, calibration, \
+                 settings or backend): it was removed, and this run starts from layer 0"
+            ),
+        ),
+        Found::Saved(saved) => {
+            let complete = saved.next_layer == layers || !saved.batches.is_empty();
+            if saved.next_layer > layers || !complete {
+                return Err(PipelineError::Invalid(format!(
+                    "the run state saved in {dir} stops at layer {} of {layers} without the \
+                     activations to go on: delete that directory to start the run over",
+                    saved.next_layer
+                )));
+            }
+            let warning = format!(
+                "resuming after layer {} of {layers}, from the state an interrupted run saved \
+                 in {dir}",
+                saved.next_layer
+            );
+            (Some(saved), warning)
+        }
+    };
+    progress.event(Event::Warning(warning.clone()));
+    warnings.push(warning);
+    Ok(saved)
 }
 
 /// A warning when some linears needed more damping than asked for: their Hessians were singular

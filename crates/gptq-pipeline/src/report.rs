@@ -1,9 +1,9 @@
 //! The run report (`--report FILE.json`).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// One quantized linear.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModuleReport {
     /// Decoder layer.
     pub layer: usize,
@@ -24,7 +24,7 @@ pub struct ModuleReport {
 }
 
 /// Where the time of a run went, in seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct StageTimes {
     /// Loading the calibration data.
     pub calibration_load: f64,
@@ -36,7 +36,8 @@ pub struct StageTimes {
     pub solve: f64,
     /// Packing into the checkpoint layout.
     pub pack: f64,
-    /// Writing the output directory.
+    /// Writing the output directory, and the run's state after each layer when it is saved
+    /// for resuming ([`PipelineOptions::resume_dir`](crate::PipelineOptions::resume_dir)).
     pub write: f64,
 }
 

@@ -40,7 +40,7 @@ impl Default for WriteOptions {
 }
 
 /// A tensor to write: borrowed from the source's memory map, or made here.
-enum Tensor<'a> {
+pub(crate) enum Tensor<'a> {
     Borrowed {
         dtype: Dtype,
         shape: Vec<usize>,
@@ -86,7 +86,10 @@ fn int_tensor(values: impl Iterator<Item = i32>, shape: Vec<usize>) -> Tensor<'s
     }
 }
 
-fn packed_tensors(prefix: &str, packed: &PackedTensor) -> Vec<(String, Tensor<'static>)> {
+pub(crate) fn packed_tensors(
+    prefix: &str,
+    packed: &PackedTensor,
+) -> Vec<(String, Tensor<'static>)> {
     let dims = |a: (usize, usize)| vec![a.0, a.1];
     vec![
         (

@@ -7,8 +7,8 @@ use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator, QuantCo
 use gptq_model::testing::{TempDir, Tiny, write_config, write_safetensors};
 use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par};
 use gptq_pipeline::{
-    CalibrationSource, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel, Silent,
-    SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, clean_interrupted_runs,
+    CalibrationSource, Event, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel,
+    Silent, SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, clean_interrupted_runs,
     quantize_model, write_checkpoint,
 };
 use gptq_quant::{CheckpointFormat, unpack};
@@ -654,6 +654,92 @@ fn an_activation_that_overflows_is_named_by_layer_sample_and_token() {
             && message.contains("NaN at calibration sample 4, token 7"),
         "{message}"
     );
+}
+
+/// Runs `quantize_model` and stops it, like a kill, when layer `stop_at` (counting from 0)
+/// begins; `None` runs to the end. Returns the result and the warnings.
+fn run_until(
+    source: &Checkpoint,
+    windows: &[Vec<u32>],
+    options: &PipelineOptions,
+    stop_at: Option<usize>,
+) -> (Option<QuantizedModel>, Vec<String>) {
+    let layers = source.config().num_hidden_layers;
+    let mut warnings = Vec::new();
+    let stop = stop_at.map(|l| format!("layer {}/{layers}", l + 1));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut progress = |event: Event| match event {
+            Event::Message(m) if Some(&m) == stop.as_ref() => {
+                panic!("a simulated kill, expected by this test")
+            }
+            Event::Warning(w) => warnings.push(w),
+            _ => {}
+        };
+        let backend = CpuBackend::with_threads(1);
+        quantize_model(source, windows, &backend, options, &mut progress).unwrap()
+    }));
+    (result.ok(), warnings)
+}
+
+#[test]
+fn an_interrupted_run_resumes_with_the_same_result() {
+    let tiny = Tiny { layers: 3, ..TINY };
+    let dir = tiny.write(8);
+    let source = Checkpoint::open(dir.path()).unwrap();
+    let windows = samples(6, 32);
+    let state = TempDir::new("resume");
+    let mut options = options(4, 32, false);
+    options.batch_sequences = 4; // two batches saved and read back
+    let (uninterrupted, _) = run_until(&source, &windows, &options, None);
+    let uninterrupted = uninterrupted.unwrap();
+
+    options.resume_dir = Some(state.path().join("state"));
+    let (killed, _) = run_until(&source, &windows, &options, Some(2));
+    assert!(killed.is_none());
+    let (resumed, warnings) = run_until(&source, &windows, &options, None);
+    let resumed = resumed.unwrap();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("resuming after layer 2 of 3")),
+        "{warnings:?}"
+    );
+    assert_eq!(resumed.linears.len(), uninterrupted.linears.len());
+    for (a, b) in resumed.linears.iter().zip(&uninterrupted.linears) {
+        assert_eq!((a.layer, a.id), (b.layer, b.id));
+        assert_eq!(a.packed, b.packed, "{}", a.prefix());
+    }
+    let losses = |m: &QuantizedModel| m.modules.iter().map(|r| r.loss).collect::<Vec<_>>();
+    assert_eq!(losses(&resumed), losses(&uninterrupted));
+
+    // Killed after its last layer was saved: the state is complete and nothing is redone.
+    let (again, warnings) = run_until(&source, &windows, &options, None);
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("resuming after layer 3 of 3"))
+    );
+    assert_eq!(again.unwrap().linears.len(), uninterrupted.linears.len());
+
+    // Other settings do not pick up this state: it is removed and the run starts over.
+    let mut other = options.clone();
+    other.config = QuantConfig::builder()
+        .bits(8)
+        .group_size(GroupSize::Columns(32))
+        .build()
+        .unwrap();
+    let (fresh, warnings) = run_until(&source, &windows, &other, None);
+    assert!(
+        warnings.iter().any(|w| w.contains("another run")),
+        "{warnings:?}"
+    );
+    assert_eq!(fresh.unwrap().linears[0].packed.bits, 8);
+
+    // A damaged state is refused with the way out.
+    std::fs::write(state.path().join("state").join("state.json"), "{").unwrap();
+    let backend = CpuBackend::with_threads(1);
+    let err = quantize_model(&source, &windows, &backend, &options, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("delete that directory"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,427 @@
+//! Saving a run after each decoder layer, and resuming it.
+//!
+//! On a CPU a 7B model takes hours; a run killed at layer 20 of 32 would otherwise start over.
+//! With [`PipelineOptions::resume_dir`] set, after each layer the run saves in that directory
+//! the layer's packed linears (`layer-00007.safetensors`), the calibration activations that
+//! enter the next layer (`activations-00008.safetensors`, f32 as computed) and `state.json`
+//! (the next layer, the module reports and stage times so far, and a fingerprint of the model,
+//! the calibration tokens, the settings and the backend). A later run with the same directory
+//! and the same fingerprint continues after the last saved layer and ends with the checkpoint an
+//! uninterrupted run writes, bit for bit: everything a layer depends on is saved exactly.
+//!
+//! Each file is written under a temporary name and renamed; `state.json` is renamed last and
+//! names the activations file it goes with, so a kill at any moment leaves the previous
+//! consistent state (or the new one) to resume from.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+
+use gptq_model::{Checkpoint, LinearId};
+use gptq_quant::{CheckpointFormat, PackedTensor};
+use half::f16;
+use ndarray::Array2;
+use safetensors::tensor::{TensorView, View};
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{PipelineError, Result};
+use crate::options::PipelineOptions;
+use crate::quantize::{Batch, QuantizedLinear};
+use crate::report::{ModuleReport, StageTimes};
+use crate::writer::{Tensor, packed_tensors, quantization_config};
+
+const STATE_FILE: &str = "state.json";
+
+/// Where `gptq quantize --resume` keeps the state of a run writing to `out`: `.NAME.resume`
+/// beside it.
+pub fn default_resume_dir(out: &Path) -> PathBuf {
+    let out = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    out.with_file_name(format!(".{name}.resume"))
+}
+
+/// Whether `dir` holds a saved run state.
+pub fn holds_saved_run(dir: &Path) -> bool {
+    dir.join(STATE_FILE).is_file()
+}
+/// Bumped whenever what is saved changes meaning.
+const STATE_VERSION: u32 = 1;
+
+/// `state.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    version: u32,
+    fingerprint: String,
+    /// Layers done: the next one to quantize.
+    next_layer: usize,
+    modules: Vec<ModuleReport>,
+    times: StageTimes,
+}
+
+/// A run as saved after its last finished layer.
+pub(crate) struct Saved {
+    /// The first layer still to quantize.
+    pub next_layer: usize,
+    /// The calibration activations entering `next_layer` (none once every layer is done).
+    pub batches: Vec<Batch>,
+    /// Every linear of the layers before `next_layer`, in the order the run produced them.
+    pub linears: Vec<QuantizedLinear>,
+    /// Their reports, in the same order.
+    pub modules: Vec<ModuleReport>,
+    /// Time spent so far.
+    pub times: StageTimes,
+}
+
+/// What a resume directory holds for a run.
+pub(crate) enum Found {
+    /// Nothing saved.
+    Nothing,
+    /// A state of a run with another model, calibration, settings or backend: it was cleared.
+    OtherRun,
+    /// This run's state.
+    Saved(Saved),
+}
+
+/// The resume directory of one run.
+pub(crate) struct ResumeDir {
+    dir: PathBuf,
+    fingerprint: String,
+}
+
+impl ResumeDir {
+    /// The directory `dir` for a run of `checkpoint` on `samples` with `options` on the backend
+    /// named `backend`.
+    pub fn new(
+        dir: &Path,
+        checkpoint: &Checkpoint,
+        samples: &[Vec<u32>],
+        options: &PipelineOptions,
+        backend: &str,
+    ) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            fingerprint: fingerprint(checkpoint, samples, options, backend),
+        }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads what is saved. A state of another run is removed, so that its layers can never
+    /// mix with this run's; a damaged state is an error naming the directory to delete.
+    pub fn load(&self, bits: u8, format: CheckpointFormat) -> Result<Found> {
+        let state_path = self.dir.join(STATE_FILE);
+        if !state_path.is_file() {
+            return Ok(Found::Nothing);
+        }
+        let text = std::fs::read_to_string(&state_path).map_err(self.damaged())?;
+        let state: State = serde_json::from_str(&text).map_err(self.damaged())?;
+        if state.version != STATE_VERSION || state.fingerprint != self.fingerprint {
+            self.clear()?;
+            return Ok(Found::OtherRun);
+        }
+        let mut linears = Vec::with_capacity(state.modules.len());
+        for layer in 0..state.next_layer {
+            let bytes = std::fs::read(self.dir.join(layer_file(layer))).map_err(self.damaged())?;
+            let tensors = SafeTensors::deserialize(&bytes).map_err(self.damaged())?;
+            for module in state.modules.iter().filter(|m| m.layer == layer) {
+                let id = LinearId::from_hf_name(&module.module)
+                    .ok_or_else(|| self.damaged()(format!("unknown module {}", module.module)))?;
+                let packed = read_packed(&tensors, &id.tensor_prefix(layer), bits, format)
+                    .map_err(self.damaged())?;
+                linears.push(QuantizedLinear { layer, id, packed });
+            }
+        }
+        let activations = self.dir.join(activations_file(state.next_layer));
+        let batches = if activations.is_file() {
+            let bytes = std::fs::read(&activations).map_err(self.damaged())?;
+            read_batches(&bytes).map_err(self.damaged())?
+        } else {
+            Vec::new()
+        };
+        Ok(Found::Saved(Saved {
+            next_layer: state.next_layer,
+            batches,
+            linears,
+            modules: state.modules,
+            times: state.times,
+        }))
+    }
+
+    /// Saves the run after layer `layer`: its linears `done`, the activations entering the next
+    /// layer (`None` after the last), and the reports and times of every layer so far.
+    pub fn save(
+        &self,
+        layer: usize,
+        done: &[QuantizedLinear],
+        next_input: Option<&[Batch]>,
+        modules: &[ModuleReport],
+        times: &StageTimes,
+    ) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(PipelineError::write(&self.dir))?;
+        let linears: Vec<(String, Tensor<'static>)> = done
+            .iter()
+            .flat_map(|l| packed_tensors(&l.prefix(), &l.packed))
+            .collect();
+        self.write_atomically(
+            &layer_file(layer),
+            linears.iter().map(|(n, t)| (n.clone(), t)),
+        )?;
+        if let Some(batches) = next_input {
+            let tensors: Vec<(String, Tensor<'_>)> = batches
+                .iter()
+                .enumerate()
+                .flat_map(|(i, b)| {
+                    [
+                        (format!("batch.{i}.hidden"), hidden_tensor(&b.hidden)),
+                        (format!("batch.{i}.lens"), lens_tensor(&b.lens)),
+                    ]
+                })
+                .collect();
+            let views = tensors.iter().map(|(n, t)| (n.clone(), t));
+            self.write_atomically(&activations_file(layer + 1), views)?;
+        }
+        let state = State {
+            version: STATE_VERSION,
+            fingerprint: self.fingerprint.clone(),
+            next_layer: layer + 1,
+            modules: modules.to_vec(),
+            times: *times,
+        };
+        let text = serde_json::to_string_pretty(&state).expect("the state serializes");
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, text).map_err(PipelineError::write(&tmp))?;
+        let state_path = self.dir.join(STATE_FILE);
+        std::fs::rename(&tmp, &state_path).map_err(PipelineError::write(&state_path))?;
+        // The activations entering this layer are no longer needed by any saved state.
+        let _ = std::fs::remove_file(self.dir.join(activations_file(layer)));
+        Ok(())
+    }
+
+    /// Removes the directory and all it holds (once the checkpoint is written, or when it
+    /// belongs to another run).
+    pub fn clear(&self) -> Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(PipelineError::write(&self.dir)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn write_atomically<V: View>(
+        &self,
+        name: &str,
+        tensors: impl Iterator<Item = (String, V)>,
+    ) -> Result<()> {
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        safetensors::serialize_to_file(tensors, None, &tmp)
+            .map_err(|e| PipelineError::write(&tmp)(std::io::Error::other(e.to_string())))?;
+        let path = self.dir.join(name);
+        std::fs::rename(&tmp, &path).map_err(PipelineError::write(&path))
+    }
+
+    /// The error for a state that cannot be read back.
+    fn damaged<E: std::fmt::Display>(&self) -> impl Fn(E) -> PipelineError + '_ {
+        move |e| {
+            PipelineError::Invalid(format!(
+                "the run state saved in {} cannot be read ({e}): delete that directory to \
+                 start the run over",
+                self.dir.display()
+            ))
+        }
+    }
+}
+
+fn layer_file(layer: usize) -> String {
+    format!("layer-{layer:05}.safetensors")
+}
+
+fn activations_file(layer: usize) -> String {
+    format!("activations-{layer:05}.safetensors")
+}
+
+/// FNV-1a over everything a run's result depends on: `config.json`, the weight files (name,
+/// size, modification time), the calibration tokens, the settings and the backend. Not a
+/// cryptographic hash: it tells runs apart, it does not defend against forgeries.
+fn fingerprint(
+    checkpoint: &Checkpoint,
+    samples: &[Vec<u32>],
+    options: &PipelineOptions,
+    backend: &str,
+) -> String {
+    let mut hash = Fnv::default();
+    hash.add(checkpoint.config().raw.to_string().as_bytes());
+    for file in checkpoint.weights().files() {
+        hash.add(file.as_os_str().as_encoded_bytes());
+        if let Ok(meta) = std::fs::metadata(file) {
+            let modified = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+            hash.add(&meta.len().to_le_bytes());
+            hash.add(&modified.map_or(0, |d| d.as_nanos()).to_le_bytes());
+        }
+    }
+    hash.add(&samples.len().to_le_bytes());
+    for sample in samples {
+        hash.add(&sample.len().to_le_bytes());
+        for token in sample {
+            hash.add(&token.to_le_bytes());
+        }
+    }
+    hash.add(quantization_config(options).to_string().as_bytes());
+    hash.add(format!("{:?}", options.solve).as_bytes());
+    hash.add(&options.batch_sequences.to_le_bytes());
+    hash.add(backend.as_bytes());
+    format!("{:016x}", hash.0)
+}
+
+/// 64-bit FNV-1a.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn add(&mut self, bytes: &[u8]) {
+        // A length prefix keeps ("ab", "c") and ("a", "bc") apart.
+        for &b in (bytes.len() as u64).to_le_bytes().iter().chain(bytes) {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// A batch's activations as a tensor to write, borrowed where the machine is little-endian.
+fn hidden_tensor(hidden: &Array2<f32>) -> Tensor<'_> {
+    let shape = hidden.shape().to_vec();
+    match f32_bytes(hidden.as_slice().expect("activations are contiguous")) {
+        Cow::Borrowed(data) => Tensor::Borrowed {
+            dtype: Dtype::F32,
+            shape,
+            data,
+        },
+        Cow::Owned(data) => Tensor::Owned {
+            dtype: Dtype::F32,
+            shape,
+            data,
+        },
+    }
+}
+
+/// A batch's sequence lengths as a tensor to write.
+fn lens_tensor(lens: &[usize]) -> Tensor<'static> {
+    Tensor::Owned {
+        dtype: Dtype::U64,
+        shape: vec![lens.len()],
+        data: lens
+            .iter()
+            .flat_map(|&n| (n as u64).to_le_bytes())
+            .collect(),
+    }
+}
+
+/// Little-endian bytes of `values`: borrowed where the machine is little-endian (no copy of
+/// activations that may take gigabytes), converted elsewhere.
+fn f32_bytes(values: &[f32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: every bit pattern is a valid u8, the length covers exactly the same bytes,
+        // and u8 has no alignment requirement.
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), std::mem::size_of_val(values))
+        })
+    } else {
+        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+fn tensor<'a>(
+    tensors: &'a SafeTensors<'a>,
+    name: &str,
+    dtype: Dtype,
+) -> Result<TensorView<'a>, String> {
+    let view = tensors.tensor(name).map_err(|e| format!("{name}: {e}"))?;
+    if view.dtype() != dtype {
+        return Err(format!("{name} is {:?}, expected {dtype:?}", view.dtype()));
+    }
+    Ok(view)
+}
+
+fn matrix<T>(
+    view: &TensorView<'_>,
+    width: usize,
+    decode: impl Fn(&[u8]) -> T,
+) -> Result<Array2<T>, String> {
+    let shape = view.shape();
+    let (rows, columns) = match shape {
+        [r, c] => (*r, *c),
+        _ => return Err(format!("shape {shape:?} is not 2-D")),
+    };
+    let values = view.data().chunks_exact(width).map(decode).collect();
+    Array2::from_shape_vec((rows, columns), values).map_err(|e| e.to_string())
+}
+
+fn read_packed(
+    tensors: &SafeTensors<'_>,
+    prefix: &str,
+    bits: u8,
+    format: CheckpointFormat,
+) -> Result<PackedTensor, String> {
+    let int = |b: &[u8]| i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let qweight = matrix(
+        &tensor(tensors, &format!("{prefix}.qweight"), Dtype::I32)?,
+        4,
+        int,
+    )?;
+    let qzeros = matrix(
+        &tensor(tensors, &format!("{prefix}.qzeros"), Dtype::I32)?,
+        4,
+        int,
+    )?;
+    let scales = matrix(
+        &tensor(tensors, &format!("{prefix}.scales"), Dtype::F16)?,
+        2,
+        |b| f16::from_le_bytes([b[0], b[1]]),
+    )?;
+    let g_idx = tensor(tensors, &format!("{prefix}.g_idx"), Dtype::I32)?
+        .data()
+        .chunks_exact(4)
+        .map(int)
+        .collect();
+    Ok(PackedTensor {
+        bits,
+        format,
+        qweight,
+        qzeros,
+        scales,
+        g_idx,
+    })
+}
+
+fn read_batches(bytes: &[u8]) -> Result<Vec<Batch>, String> {
+    let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let count = tensors.len() / 2;
+    (0..count)
+        .map(|i| {
+            let hidden = matrix(
+                &tensor(&tensors, &format!("batch.{i}.hidden"), Dtype::F32)?,
+                4,
+                |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            )?;
+            let lens: Vec<usize> = tensor(&tensors, &format!("batch.{i}.lens"), Dtype::U64)?
+                .data()
+                .chunks_exact(8)
+                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+                .collect();
+            if lens.iter().sum::<usize>() != hidden.nrows() {
+                return Err(format!("batch {i}: lengths do not add up to its rows"));
+            }
+            Ok(Batch { hidden, lens })
+        })
+        .collect()
+}
