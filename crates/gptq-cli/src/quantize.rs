@@ -10,7 +10,7 @@ use gptq_pipeline::{
     CalibrationSource, Event, MemoryEstimate, PipelineOptions, Progress, RunReport, SystemMemory,
     Totals, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
     default_resume_dir, holds_saved_run, peak_memory_bytes, quantization_config, quantize_model,
-    write_checkpoint,
+    remove_saved_run, write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -262,8 +262,7 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     model.times.write += t.elapsed().as_secs_f64();
     // The checkpoint is complete: the saved state has served.
     if let Some(dir) = &options.resume_dir
-        && let Err(e) = std::fs::remove_dir_all(dir)
-        && e.kind() != std::io::ErrorKind::NotFound
+        && let Err(e) = remove_saved_run(dir)
     {
         bars.event(Event::Warning(format!(
             "could not remove the saved run state {}: {e}",

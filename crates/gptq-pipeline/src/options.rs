@@ -29,8 +29,10 @@ pub struct PipelineOptions {
     /// Where to save the run after each decoder layer, and to resume it from: a run that
     /// finds there the state of an interrupted run with the same model, calibration tokens,
     /// settings and backend continues after its last saved layer, with the same result as an
-    /// uninterrupted run. The caller removes the directory once the checkpoint is written.
-    /// `None` (the default) saves nothing.
+    /// uninterrupted run. The caller removes the state once the checkpoint is written
+    /// ([`remove_saved_run`](crate::remove_saved_run)). A state of another run found there is
+    /// removed (its files only, never anything else in the directory). `None` (the default)
+    /// saves nothing.
     pub resume_dir: Option<std::path::PathBuf>,
 }
 

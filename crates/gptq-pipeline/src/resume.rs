@@ -40,6 +40,31 @@ pub fn default_resume_dir(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.resume"))
 }
 
+/// Removes a saved run state from `dir` — the files a run saves, nothing else — and then `dir`
+/// itself if that leaves it empty. A directory that does not exist is not an error.
+pub fn remove_saved_run(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let saved = name.starts_with(STATE_FILE)
+            || (name.starts_with("layer-") || name.starts_with("activations-"))
+                && name.contains(".safetensors");
+        if saved {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        // Something else lives there too: leave it.
+        Err(_) if std::fs::read_dir(dir)?.next().is_some() => Ok(()),
+        other => other,
+    }
+}
+
 /// Whether `dir` holds a saved run state.
 pub fn holds_saved_run(dir: &Path) -> bool {
     dir.join(STATE_FILE).is_file()
@@ -200,15 +225,9 @@ impl ResumeDir {
         Ok(())
     }
 
-    /// Removes the directory and all it holds (once the checkpoint is written, or when it
-    /// belongs to another run).
+    /// Removes the saved state (when it belongs to another run).
     pub fn clear(&self) -> Result<()> {
-        match std::fs::remove_dir_all(&self.dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(PipelineError::write(&self.dir)(e))
-            }
-            _ => Ok(()),
-        }
+        remove_saved_run(&self.dir).map_err(PipelineError::write(&self.dir))
     }
 
     fn write_atomically<V: View>(

@@ -9,7 +9,7 @@ use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer
 use gptq_pipeline::{
     CalibrationSource, Event, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel,
     Silent, SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, clean_interrupted_runs,
-    quantize_model, write_checkpoint,
+    quantize_model, remove_saved_run, write_checkpoint,
 };
 use gptq_quant::{CheckpointFormat, unpack};
 use gptq_solver::{CpuBackend, Gptq};
@@ -721,7 +721,10 @@ fn an_interrupted_run_resumes_with_the_same_result() {
     );
     assert_eq!(again.unwrap().linears.len(), uninterrupted.linears.len());
 
-    // Other settings do not pick up this state: it is removed and the run starts over.
+    // Other settings do not pick up this state: it is removed and the run starts over. Only
+    // the saved files go, whatever else the directory holds.
+    let saved = state.path().join("state");
+    std::fs::write(saved.join("notes.txt"), "mine").unwrap();
     let mut other = options.clone();
     other.config = QuantConfig::builder()
         .bits(8)
@@ -734,12 +737,24 @@ fn an_interrupted_run_resumes_with_the_same_result() {
         "{warnings:?}"
     );
     assert_eq!(fresh.unwrap().linears[0].packed.bits, 8);
+    assert!(saved.join("notes.txt").is_file());
 
     // A damaged state is refused with the way out.
     std::fs::write(state.path().join("state").join("state.json"), "{").unwrap();
     let backend = CpuBackend::with_threads(1);
     let err = quantize_model(&source, &windows, &backend, &options, &mut Silent).unwrap_err();
     assert!(err.to_string().contains("delete that directory"), "{err}");
+
+    remove_saved_run(&saved).unwrap();
+    let left: Vec<_> = std::fs::read_dir(&saved)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["notes.txt"]);
+    std::fs::remove_file(saved.join("notes.txt")).unwrap();
+    remove_saved_run(&saved).unwrap();
+    assert!(!saved.exists());
+    remove_saved_run(&saved).unwrap(); // nothing there: not an error
 }
 
 #[test]
