@@ -10,7 +10,7 @@ use gptq_pipeline::{
     CalibrationSource, Event, MemoryEstimate, PipelineOptions, Progress, RunReport, SystemMemory,
     Totals, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
     default_resume_dir, holds_saved_run, peak_memory_bytes, quantization_config, quantize_model,
-    remove_saved_run, write_checkpoint,
+    remove_saved_run, saved_run_bytes, saved_run_size, write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -222,18 +222,33 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
     bars.finish();
     let mut warnings = calibration_warnings(args, &checkpoint, &source, &samples);
     let lens: Vec<usize> = samples.iter().map(Vec::len).collect();
+    // The saved state lives beside the output until the checkpoint is complete; what an
+    // interrupted run saved already takes its share of the disk.
+    let state = match &options.resume_dir {
+        Some(dir) => saved_run_bytes(&checkpoint, &lens, options)
+            .map_err(|e| e.to_string())?
+            .saturating_sub(saved_run_size(dir)),
+        None => 0,
+    };
+    check_free_space(&args.out, size + state).map_err(|e| e.to_string())?;
     let memory =
         MemoryEstimate::new(checkpoint.config(), &lens, options).map_err(|e| e.to_string())?;
     let system = SystemMemory::read();
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
     eprintln!(
-        "needs about {:.2} GiB of memory{} and {:.0} MiB on disk",
+        "needs about {:.2} GiB of memory{} and {:.0} MiB on disk{}",
         gib(memory.peak),
         system.map_or(String::new(), |s| format!(
             " ({:.1} GiB available)",
             gib(s.available)
         )),
-        size as f64 / (1 << 20) as f64
+        mib(size),
+        if state > 0 {
+            format!(" (and {:.0} MiB more for the saved run state)", mib(state))
+        } else {
+            String::new()
+        }
     );
     if !args.no_memory_check
         && let Some(system) = system

@@ -81,7 +81,9 @@ pub use options::PipelineOptions;
 pub use progress::{Event, Progress, Silent};
 pub use quantize::{QuantizedLinear, QuantizedModel, check_model, quantize_model};
 pub use report::{ModuleReport, RunReport, StageTimes, Totals, peak_memory_bytes};
-pub use resume::{default_resume_dir, holds_saved_run, remove_saved_run};
+pub use resume::{
+    default_resume_dir, holds_saved_run, remove_saved_run, saved_run_bytes, saved_run_size,
+};
 pub use writer::{
     TOOL, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
     quantization_config, write_checkpoint,

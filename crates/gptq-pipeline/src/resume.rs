@@ -28,7 +28,7 @@ use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
 use crate::quantize::{Batch, QuantizedLinear};
 use crate::report::{ModuleReport, StageTimes};
-use crate::writer::{Tensor, packed_tensors, quantization_config};
+use crate::writer::{HEADER_BYTES_PER_TENSOR, Tensor, packed_tensors, quantization_config};
 
 const STATE_FILE: &str = "state.json";
 
@@ -63,6 +63,46 @@ pub fn remove_saved_run(dir: &Path) -> std::io::Result<()> {
         Err(_) if std::fs::read_dir(dir)?.next().is_some() => Ok(()),
         other => other,
     }
+}
+
+/// An upper bound of the disk a saved run state takes at its largest, for a run of
+/// `checkpoint` on sequences `lens` tokens long: the packed linears of every layer, two
+/// layers' activations (the next is written before the previous is deleted) and `state.json`.
+pub fn saved_run_bytes(
+    checkpoint: &Checkpoint,
+    lens: &[usize],
+    options: &PipelineOptions,
+) -> Result<u64> {
+    let config = checkpoint.config();
+    let mut total = 0;
+    for layer in 0..config.num_hidden_layers {
+        let shape = config.layer_shape(layer);
+        for id in LinearId::ALL {
+            let name = id.tensor_prefix(layer).len() as u64 + ".qweight".len() as u64;
+            total += options.packed_linear_bytes(id, &shape, layer)?
+                + 4 * (HEADER_BYTES_PER_TENSOR + 2 * name);
+        }
+        // Its seven module reports in state.json, pretty-printed (about 250 bytes each).
+        total += 7 * 512;
+    }
+    let tokens: usize = lens.iter().sum();
+    let batches = lens.len().div_ceil(options.batch_sequences.max(1));
+    let per_batch = 2 * HEADER_BYTES_PER_TENSOR + 8 * options.batch_sequences as u64;
+    let activations = 4 * (tokens * config.hidden_size) as u64 + batches as u64 * per_batch;
+    Ok(total + 2 * activations + 4096)
+}
+
+/// The bytes the files in `dir` take (0 when it does not exist): what a saved run state there
+/// occupies already.
+pub fn saved_run_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Whether `dir` holds a saved run state.

@@ -493,7 +493,7 @@ fn copy_other_files(source: &Path, dir: &Path) -> Result<Vec<String>> {
 /// Bytes allowed per tensor for its entry in a safetensors header and in the shard index
 /// beside its name: `{"dtype":"I32","shape":[a,b],"data_offsets":[x,y]}` and the shard's file
 /// name come to well under this.
-const HEADER_BYTES_PER_TENSOR: u64 = 176;
+pub(crate) const HEADER_BYTES_PER_TENSOR: u64 = 176;
 
 /// An upper bound on the bytes of the checkpoint that quantizing `source` with `options`
 /// writes: tensor data, configs and copied files exactly, safetensors headers and the shard

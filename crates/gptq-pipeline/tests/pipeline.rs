@@ -9,7 +9,7 @@ use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer
 use gptq_pipeline::{
     CalibrationSource, Event, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel,
     Silent, SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, clean_interrupted_runs,
-    quantize_model, remove_saved_run, write_checkpoint,
+    quantize_model, remove_saved_run, saved_run_bytes, saved_run_size, write_checkpoint,
 };
 use gptq_quant::{CheckpointFormat, unpack};
 use gptq_solver::{CpuBackend, Gptq};
@@ -696,6 +696,15 @@ fn an_interrupted_run_resumes_with_the_same_result() {
     options.resume_dir = Some(state.path().join("state"));
     let (killed, _) = run_until(&source, &windows, &options, Some(2));
     assert!(killed.is_none());
+    // The disk bound holds, and is not far above what two of three layers took.
+    let lens: Vec<usize> = windows.iter().map(Vec::len).collect();
+    let bound = saved_run_bytes(&source, &lens, &options).unwrap();
+    let used = saved_run_size(&state.path().join("state"));
+    assert_eq!(used, dir_bytes(&state.path().join("state")).0);
+    assert!(
+        used > 0 && used <= bound && bound <= 3 * used,
+        "{used} {bound}"
+    );
     let (resumed, warnings) = run_until(&source, &windows, &options, None);
     let resumed = resumed.unwrap();
     assert!(
