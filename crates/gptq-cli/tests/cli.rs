@@ -358,6 +358,80 @@ fn calibration_that_falls_short_of_the_flags_is_warned_about() {
 }
 
 #[test]
+fn resume_state_and_leftovers_of_killed_runs_are_handled() {
+    let model = gptq_model::testing::Tiny::default().write(13);
+    let dir = scratch("resume");
+    let calib = dir.join("windows.json");
+    std::fs::write(
+        &calib,
+        r#"{"windows": [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]}"#,
+    )
+    .unwrap();
+    let quantize = |out: &str, extra: &[&str]| {
+        let out = dir.join(out);
+        let mut args = vec![
+            "quantize",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--calib",
+            calib.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--group-size",
+            "16",
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "8",
+        ];
+        args.extend(extra);
+        gptq(&args)
+    };
+
+    // A finished --resume run leaves no state behind.
+    let run = quantize("a", &["--resume"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(dir.join("a").join("model.safetensors").is_file());
+    assert!(!dir.join(".a.resume").exists());
+
+    // A state left by an interrupted run: named, left alone without --resume; with --resume,
+    // read (here damaged, so refused with the way out).
+    let state = dir.join(".b.resume");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("state.json"), "{").unwrap();
+    let run = quantize("b", &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("holds the state of an interrupted run: pass --resume"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(state.join("state.json").is_file());
+    let run = quantize("c", &[]);
+    assert!(run.status.success());
+    std::fs::rename(&state, dir.join(".c2.resume")).unwrap();
+    let run = quantize("c2", &["--resume"]);
+    assert!(!run.status.success());
+    let last = stderr(&run).lines().last().unwrap_or_default().to_string();
+    assert!(
+        last.starts_with("error: the run state saved in")
+            && last.ends_with("delete that directory to start the run over"),
+        "{}",
+        stderr(&run)
+    );
+
+    // The staging directory of a killed run is removed by the next run.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    let staging = dir.join(format!(".d.partial-{}", child.id()));
+    std::fs::create_dir(&staging).unwrap();
+    let run = quantize("d", &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("note: removed"), "{}", stderr(&run));
+    assert!(!staging.exists());
+}
+
+#[test]
 fn inspect_describes_rotary_embeddings_and_head_norms() {
     let tiny = gptq_model::testing::Tiny::default();
     let model = tiny.write(13);
