@@ -9,9 +9,10 @@
 //! and the same fingerprint continues after the last saved layer and ends with the checkpoint an
 //! uninterrupted run writes, bit for bit: everything a layer depends on is saved exactly.
 //!
-//! Each file is written under a temporary name and renamed; `state.json` is renamed last and
-//! names the activations file it goes with, so a kill at any moment leaves the previous
-//! consistent state (or the new one) to resume from.
+//! Each file is written under a temporary name and renamed; `state.json` is renamed last, and
+//! the activations file is named by the layer it enters (the state's next layer picks it), the
+//! previous one deleted only after, so a kill at any moment leaves the previous consistent
+//! state (or the new one) to resume from.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
