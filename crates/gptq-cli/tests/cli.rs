@@ -317,34 +317,42 @@ fn mistakes_in_where_results_go_fail_before_any_work() {
     assert_eq!(left, ["existing", "file"], "nothing else was created");
 }
 
-#[test]
-fn calibration_that_falls_short_of_the_flags_is_warned_about() {
-    let model = gptq_model::testing::Tiny::default().write(12);
-    let dir = scratch("short-calib");
+/// `gptq quantize` of a tiny random model in `dir`, on two calibration windows of 8 tokens,
+/// into `dir/out`, 4-bit in groups of 16, with `flags` added.
+fn quantize_tiny(dir: &Path, seed: u64, out: &str, flags: &[&str]) -> Output {
+    let model = dir.join("model");
+    if !model.is_dir() {
+        let tiny = gptq_model::testing::Tiny::default().write(seed);
+        std::fs::rename(tiny.path(), &model).unwrap();
+    }
     let calib = dir.join("windows.json");
     std::fs::write(
         &calib,
         r#"{"windows": [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]}"#,
     )
     .unwrap();
-    let out = dir.join("q");
-    let run = gptq(&[
+    let out = dir.join(out);
+    let mut args = vec![
         "quantize",
         "--model",
-        model.path().to_str().unwrap(),
+        model.to_str().unwrap(),
         "--calib",
         calib.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
         "--group-size",
         "16",
-        "--nsamples",
-        "3",
-        "--seqlen",
-        "16",
-        "--damp",
-        "0",
-    ]);
+    ];
+    args.extend(flags);
+    gptq(&args)
+}
+
+#[test]
+fn calibration_that_falls_short_of_the_flags_is_warned_about() {
+    let dir = scratch("short-calib");
+    let out = dir.join("q");
+    let flags = ["--nsamples", "3", "--seqlen", "16", "--damp", "0"];
+    let run = quantize_tiny(&dir, 12, "q", &flags);
     assert!(run.status.success(), "{}", stderr(&run));
     let err = stderr(&run);
     for expected in [
@@ -359,33 +367,11 @@ fn calibration_that_falls_short_of_the_flags_is_warned_about() {
 
 #[test]
 fn resume_state_and_leftovers_of_killed_runs_are_handled() {
-    let model = gptq_model::testing::Tiny::default().write(13);
     let dir = scratch("resume");
-    let calib = dir.join("windows.json");
-    std::fs::write(
-        &calib,
-        r#"{"windows": [[1, 2, 3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15, 16]]}"#,
-    )
-    .unwrap();
     let quantize = |out: &str, extra: &[&str]| {
-        let out = dir.join(out);
-        let mut args = vec![
-            "quantize",
-            "--model",
-            model.path().to_str().unwrap(),
-            "--calib",
-            calib.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--group-size",
-            "16",
-            "--nsamples",
-            "2",
-            "--seqlen",
-            "8",
-        ];
-        args.extend(extra);
-        gptq(&args)
+        let mut flags = vec!["--nsamples", "2", "--seqlen", "8"];
+        flags.extend(extra);
+        quantize_tiny(&dir, 13, out, &flags)
     };
 
     // A finished --resume run leaves no state behind.
