@@ -747,6 +747,12 @@ fn an_interrupted_run_resumes_with_the_same_result() {
     );
     assert_eq!(fresh.unwrap().linears[0].packed.bits, 8);
     assert!(saved.join("notes.txt").is_file());
+    // Nor does other calibration data (here one sample fewer), with the same settings.
+    let (_, warnings) = run_until(&source, &windows[1..], &other, None);
+    assert!(
+        warnings.iter().any(|w| w.contains("another run")),
+        "{warnings:?}"
+    );
 
     // A damaged state is refused with the way out.
     std::fs::write(state.path().join("state").join("state.json"), "{").unwrap();
