@@ -165,11 +165,16 @@ pub fn quantize_model<B: Backend>(
         ),
     };
 
+    // A resumed run counts only the layers it does, so that rates and estimates stay true.
+    let name = if first_layer == 0 {
+        "quantizing layers".to_string()
+    } else {
+        format!("quantizing layers {} to {layers}", first_layer + 1)
+    };
     progress.event(Event::Stage {
-        name: "quantizing layers".into(),
-        total: layers as u64,
+        name,
+        total: (layers - first_layer) as u64,
     });
-    progress.event(Event::Advance(first_layer as u64));
     for index in first_layer..layers {
         progress.event(Event::Message(format!("layer {}/{layers}", index + 1)));
         let done_before = run.linears.len();
