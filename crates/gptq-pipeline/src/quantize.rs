@@ -307,11 +307,15 @@ fn saved_run(
             ),
         ),
         Found::Saved(saved) => {
-            let complete = saved.next_layer == layers || !saved.batches.is_empty();
-            if saved.next_layer > layers || !complete {
+            let has_input = saved.next_layer == layers || !saved.batches.is_empty();
+            let every_linear = saved.linears.len() == saved.next_layer * LinearId::ALL.len();
+            if saved.next_layer > layers || !has_input || !every_linear {
                 return Err(PipelineError::Invalid(format!(
-                    "the run state saved in {dir} stops at layer {} of {layers} without the \
-                     activations to go on: delete that directory to start the run over",
+                    "the run state saved in {dir} is incomplete ({} linears and {} activation \
+                     batches after {} of {layers} layers): delete that directory to start the \
+                     run over",
+                    saved.linears.len(),
+                    saved.batches.len(),
                     saved.next_layer
                 )));
             }

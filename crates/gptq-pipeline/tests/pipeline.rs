@@ -754,6 +754,17 @@ fn an_interrupted_run_resumes_with_the_same_result() {
         "{warnings:?}"
     );
 
+    // A state that parses but lacks a linear is refused too: a checkpoint with a layer left in
+    // full precision would be written otherwise.
+    let state_json = state.path().join("state").join("state.json");
+    let mut parsed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_json).unwrap()).unwrap();
+    parsed["modules"].as_array_mut().unwrap().pop();
+    std::fs::write(&state_json, parsed.to_string()).unwrap();
+    let backend = CpuBackend::with_threads(1);
+    let err = quantize_model(&source, &windows[1..], &backend, &other, &mut Silent).unwrap_err();
+    assert!(err.to_string().contains("is incomplete"), "{err}");
+
     // A damaged state is refused with the way out.
     std::fs::write(state.path().join("state").join("state.json"), "{").unwrap();
     let backend = CpuBackend::with_threads(1);
