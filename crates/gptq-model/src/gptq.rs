@@ -86,6 +86,31 @@ pub fn load_packed(
     quantization: &GptqQuantization,
     (out_features, in_features): (usize, usize),
 ) -> Result<QuantizedTensor> {
+    let packed = read_packed(weights, prefix, quantization, in_features)?;
+    let invalid = |reason: String| ModelError::InvalidQuantized {
+        name: prefix.to_string(),
+        reason,
+    };
+    let tensor = unpack(&packed).map_err(|e| invalid(e.to_string()))?;
+    if (tensor.rows(), tensor.columns()) != (out_features, in_features) {
+        return Err(invalid(format!(
+            "unpacks to {}×{} but config.json implies {out_features}×{in_features}",
+            tensor.rows(),
+            tensor.columns()
+        )));
+    }
+    Ok(tensor)
+}
+
+/// Reads the four tensors of the packed linear at `prefix` (`in_features` inputs) as they are
+/// stored, without unpacking them: scales stored in BF16 or F32 are converted to F16, and an
+/// absent `g_idx` (older checkpoints without act-order) becomes consecutive groups.
+pub fn read_packed(
+    weights: &WeightStore,
+    prefix: &str,
+    quantization: &GptqQuantization,
+    in_features: usize,
+) -> Result<PackedTensor> {
     let bits = quantization.bits;
     let invalid = |reason: String| ModelError::InvalidQuantized {
         name: prefix.to_string(),
@@ -162,21 +187,12 @@ pub fn load_packed(
             (0..in_features).map(|c| (c / group) as i32).collect()
         }
     };
-    let packed = PackedTensor {
+    Ok(PackedTensor {
         bits,
         format: quantization.format,
         qweight,
         qzeros,
         scales,
         g_idx,
-    };
-    let tensor = unpack(&packed).map_err(|e| invalid(e.to_string()))?;
-    if (tensor.rows(), tensor.columns()) != (out_features, in_features) {
-        return Err(invalid(format!(
-            "unpacks to {}×{} but config.json implies {out_features}×{in_features}",
-            tensor.rows(),
-            tensor.columns()
-        )));
-    }
-    Ok(tensor)
+    })
 }

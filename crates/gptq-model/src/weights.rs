@@ -74,18 +74,7 @@ impl WeightStore {
         let single = dir.join(SINGLE_FILE);
         let index_path = dir.join(INDEX_FILE);
         if single.is_file() {
-            let shard = open_shard(&single)?;
-            let index = shard
-                .metadata
-                .tensors()
-                .keys()
-                .map(|k| (k.clone(), 0))
-                .collect();
-            return Ok(Self {
-                shards: vec![shard],
-                index,
-                source_name: SINGLE_FILE.to_string(),
-            });
+            return Self::open_files(&[single]);
         }
         if !index_path.is_file() {
             return Err(ModelError::WeightsNotFound {
@@ -142,6 +131,27 @@ impl WeightStore {
             shards,
             index,
             source_name: INDEX_FILE.to_string(),
+        })
+    }
+
+    /// Opens safetensors files as one store holding every tensor of each (a name in two files
+    /// is taken from the later one). Missing tensors are reported against the first file.
+    pub fn open_files(files: &[impl AsRef<Path>]) -> Result<Self> {
+        let mut shards = Vec::with_capacity(files.len());
+        let mut index = HashMap::new();
+        for (id, path) in files.iter().enumerate() {
+            let shard = open_shard(path.as_ref())?;
+            index.extend(shard.metadata.tensors().into_keys().map(|k| (k, id)));
+            shards.push(shard);
+        }
+        let source_name = files.first().map_or_else(String::new, |f| {
+            let name = f.as_ref().file_name().unwrap_or_default();
+            name.to_string_lossy().into_owned()
+        });
+        Ok(Self {
+            shards,
+            index,
+            source_name,
         })
     }
 

@@ -149,7 +149,7 @@ pub fn quantize_model<B: Backend>(
         .as_deref()
         .map(|dir| ResumeDir::new(dir, checkpoint, samples, options, backend.name()));
     let saved = match &resume {
-        Some(resume) => saved_run(resume, options, layers, &mut warnings, progress)?,
+        Some(resume) => saved_run(resume, config, options, layers, &mut warnings, progress)?,
         None => None,
     };
     let (first_layer, mut batches) = match saved {
@@ -291,13 +291,14 @@ fn layer_zero_inputs<B: Backend>(
 /// What `resume` holds for this run, with a warning either way when something was there.
 fn saved_run(
     resume: &ResumeDir,
+    config: &gptq_model::ModelConfig,
     options: &PipelineOptions,
     layers: usize,
     warnings: &mut Vec<String>,
     progress: &mut dyn Progress,
 ) -> Result<Option<Saved>> {
     let dir = resume.path().display();
-    let (saved, warning) = match resume.load(options.config.bits(), options.checkpoint_format())? {
+    let (saved, warning) = match resume.load(config, options)? {
         Found::Nothing => return Ok(None),
         Found::OtherRun => (
             None,

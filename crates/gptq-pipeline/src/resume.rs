@@ -17,12 +17,11 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
-use gptq_model::{Checkpoint, LinearId};
-use gptq_quant::{CheckpointFormat, PackedTensor};
-use half::f16;
+use gptq_model::gptq::read_packed;
+use gptq_model::{Checkpoint, GptqQuantization, LinearId, ModelConfig, ModelError, WeightStore};
 use ndarray::Array2;
-use safetensors::tensor::{TensorView, View};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+use safetensors::tensor::View;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Result};
@@ -175,9 +174,10 @@ impl ResumeDir {
         &self.dir
     }
 
-    /// Reads what is saved. A state of another run is removed, so that its layers can never
-    /// mix with this run's; a damaged state is an error naming the directory to delete.
-    pub fn load(&self, bits: u8, format: CheckpointFormat) -> Result<Found> {
+    /// Reads what is saved for a run of a model with `config` under `options`. A state of
+    /// another run is removed, so that its layers can never mix with this run's; a damaged
+    /// state is an error naming the directory to delete.
+    pub fn load(&self, config: &ModelConfig, options: &PipelineOptions) -> Result<Found> {
         let state_path = self.dir.join(STATE_FILE);
         if !state_path.is_file() {
             return Ok(Found::Nothing);
@@ -188,28 +188,37 @@ impl ResumeDir {
             self.clear()?;
             return Ok(Found::OtherRun);
         }
-        let mut linears = Vec::with_capacity(state.modules.len());
-        for layer in 0..state.next_layer {
-            let bytes = std::fs::read(self.dir.join(layer_file(layer))).map_err(self.damaged())?;
-            let tensors = SafeTensors::deserialize(&bytes).map_err(self.damaged())?;
-            for module in state.modules.iter().filter(|m| m.layer == layer) {
-                let id = LinearId::from_hf_name(&module.module)
-                    .ok_or_else(|| self.damaged()(format!("unknown module {}", module.module)))?;
-                let packed = read_packed(&tensors, &id.tensor_prefix(layer), bits, format)
-                    .map_err(self.damaged())?;
-                linears.push(QuantizedLinear { layer, id, packed });
-            }
-        }
+        // Every saved file, memory-mapped as one store: the same reader as for checkpoints.
         let activations = self.dir.join(activations_file(state.next_layer));
-        let batches = if activations.is_file() {
-            let bytes = std::fs::read(&activations).map_err(self.damaged())?;
-            read_batches(&bytes).map_err(self.damaged())?
-        } else {
-            Vec::new()
+        let files: Vec<PathBuf> = (0..state.next_layer)
+            .map(|layer| self.dir.join(layer_file(layer)))
+            .chain(activations.is_file().then_some(activations))
+            .collect();
+        let saved = WeightStore::open_files(&files).map_err(self.damaged())?;
+        let quantization = GptqQuantization {
+            bits: options.config.bits(),
+            group_size: options.config.group_size().as_reference_int(),
+            desc_act: options.config.act_order(),
+            sym: options.config.symmetric(),
+            format: options.checkpoint_format(),
         };
+        let mut linears = Vec::with_capacity(state.modules.len());
+        for module in &state.modules {
+            let id = LinearId::from_hf_name(&module.module)
+                .ok_or_else(|| self.damaged()(format!("unknown module {}", module.module)))?;
+            let prefix = id.tensor_prefix(module.layer);
+            let (_, in_features) = id.dims(&config.layer_shape(module.layer));
+            let packed =
+                read_packed(&saved, &prefix, &quantization, in_features).map_err(self.damaged())?;
+            linears.push(QuantizedLinear {
+                layer: module.layer,
+                id,
+                packed,
+            });
+        }
         Ok(Found::Saved(Saved {
             next_layer: state.next_layer,
-            batches,
+            batches: read_batches(&saved).map_err(self.damaged())?,
             linears,
             modules: state.modules,
             times: state.times,
@@ -400,88 +409,37 @@ fn f32_bytes(values: &[f32]) -> Cow<'_, [u8]> {
     }
 }
 
-fn tensor<'a>(
-    tensors: &'a SafeTensors<'a>,
-    name: &str,
-    dtype: Dtype,
-) -> Result<TensorView<'a>, String> {
-    let view = tensors.tensor(name).map_err(|e| format!("{name}: {e}"))?;
-    if view.dtype() != dtype {
-        return Err(format!("{name} is {:?}, expected {dtype:?}", view.dtype()));
+/// The calibration batches saved in `saved` (none when it holds no activations).
+fn read_batches(saved: &WeightStore) -> gptq_model::Result<Vec<Batch>> {
+    let mut batches = Vec::new();
+    for i in 0.. {
+        let name = format!("batch.{i}.hidden");
+        if !saved.contains(&name) {
+            break;
+        }
+        let shape = saved.meta(&name)?.shape;
+        let [rows, columns] = shape[..] else {
+            return Err(ModelError::InvalidArgument(format!("{name} is not 2-D")));
+        };
+        let hidden = saved.load_matrix(&name, rows, columns)?;
+        let lens = saved.raw(&format!("batch.{i}.lens"))?;
+        if lens.dtype != Dtype::U64 {
+            return Err(ModelError::InvalidArgument(format!(
+                "batch {i}: its sequence lengths are {:?}, not U64",
+                lens.dtype
+            )));
+        }
+        let lens: Vec<usize> = lens
+            .data
+            .chunks_exact(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+            .collect();
+        if lens.iter().sum::<usize>() != rows {
+            return Err(ModelError::InvalidArgument(format!(
+                "batch {i}: its sequence lengths do not add up to its {rows} rows"
+            )));
+        }
+        batches.push(Batch { hidden, lens });
     }
-    Ok(view)
-}
-
-fn matrix<T>(
-    view: &TensorView<'_>,
-    width: usize,
-    decode: impl Fn(&[u8]) -> T,
-) -> Result<Array2<T>, String> {
-    let shape = view.shape();
-    let (rows, columns) = match shape {
-        [r, c] => (*r, *c),
-        _ => return Err(format!("shape {shape:?} is not 2-D")),
-    };
-    let values = view.data().chunks_exact(width).map(decode).collect();
-    Array2::from_shape_vec((rows, columns), values).map_err(|e| e.to_string())
-}
-
-fn read_packed(
-    tensors: &SafeTensors<'_>,
-    prefix: &str,
-    bits: u8,
-    format: CheckpointFormat,
-) -> Result<PackedTensor, String> {
-    let int = |b: &[u8]| i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let qweight = matrix(
-        &tensor(tensors, &format!("{prefix}.qweight"), Dtype::I32)?,
-        4,
-        int,
-    )?;
-    let qzeros = matrix(
-        &tensor(tensors, &format!("{prefix}.qzeros"), Dtype::I32)?,
-        4,
-        int,
-    )?;
-    let scales = matrix(
-        &tensor(tensors, &format!("{prefix}.scales"), Dtype::F16)?,
-        2,
-        |b| f16::from_le_bytes([b[0], b[1]]),
-    )?;
-    let g_idx = tensor(tensors, &format!("{prefix}.g_idx"), Dtype::I32)?
-        .data()
-        .chunks_exact(4)
-        .map(int)
-        .collect();
-    Ok(PackedTensor {
-        bits,
-        format,
-        qweight,
-        qzeros,
-        scales,
-        g_idx,
-    })
-}
-
-fn read_batches(bytes: &[u8]) -> Result<Vec<Batch>, String> {
-    let tensors = SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
-    let count = tensors.len() / 2;
-    (0..count)
-        .map(|i| {
-            let hidden = matrix(
-                &tensor(&tensors, &format!("batch.{i}.hidden"), Dtype::F32)?,
-                4,
-                |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            )?;
-            let lens: Vec<usize> = tensor(&tensors, &format!("batch.{i}.lens"), Dtype::U64)?
-                .data()
-                .chunks_exact(8)
-                .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
-                .collect();
-            if lens.iter().sum::<usize>() != hidden.nrows() {
-                return Err(format!("batch {i}: lengths do not add up to its rows"));
-            }
-            Ok(Batch { hidden, lens })
-        })
-        .collect()
+    Ok(batches)
 }
