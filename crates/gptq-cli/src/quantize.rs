@@ -97,7 +97,8 @@ pub struct Args {
     /// Checkpoint format (default: gptq for --sym, gptq_v2 for --asym).
     #[arg(long, value_enum)]
     format: Option<Format>,
-    /// Where to solve.
+    /// Where to compute: Hessians, solves and the linears' products of the calibration forward
+    /// passes (attention and norms stay on the CPU).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Precision of the Hessian sums: f32 (the reference's, twice as fast) or f64.

@@ -12,7 +12,7 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::activations::{ActivationBatch, HessianOptions};
 use crate::error::{GptqError, Result, shape2};
@@ -292,6 +292,51 @@ pub struct BlockSolution {
     pub timings: SolveTimings,
 }
 
+/// The dense products of a model's forward pass, `out = x · wᵀ` (or `out += x · wᵀ`), for a
+/// backend that runs them itself.
+///
+/// A quantization run spends most of its time in the forward passes that produce the
+/// calibration activations, and almost all of that in these products (one per linear layer and
+/// calibration batch), so a device backend implements this trait to run them where it runs the
+/// rest; a pipeline asks [`Backend::forward_products`] for it. Implementations check shapes with
+/// [`check_x_wt`] and report failures (out of device memory, a driver error) as errors, leaving
+/// `out` unspecified.
+pub trait ForwardProducts: Send + Sync {
+    /// `out = x · wᵀ`, or `out += x · wᵀ` when `accumulate`: `x` is `[m, k]`, `w` is `[n, k]`
+    /// (`nn.Linear`'s weight layout), `out` is `[m, n]`; any strides.
+    fn x_wt(
+        &self,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()>;
+}
+
+/// Checks the shapes of a [`ForwardProducts::x_wt`] call: `x` `[m, k]`, `w` `[n, k]`, `out`
+/// `[m, n]`.
+pub fn check_x_wt(
+    x: &ArrayView2<'_, f32>,
+    w: &ArrayView2<'_, f32>,
+    out: &ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    if w.ncols() != x.ncols() {
+        return Err(GptqError::ShapeMismatch {
+            what: "weight of x · wᵀ",
+            expected: format!("[n, {}] (as many columns as x)", x.ncols()),
+            actual: shape2(w.nrows(), w.ncols()),
+        });
+    }
+    if out.dim() != (x.nrows(), w.nrows()) {
+        return Err(GptqError::ShapeMismatch {
+            what: "output of x · wᵀ",
+            expected: shape2(x.nrows(), w.nrows()),
+            actual: shape2(out.nrows(), out.ncols()),
+        });
+    }
+    Ok(())
+}
+
 /// A compute backend: where Hessians live and where the GPTQ arithmetic runs.
 ///
 /// Implement this to run GPTQ on new hardware; the solver in `gptq-solver` does the rest.
@@ -344,6 +389,13 @@ pub trait Backend: Send + Sync {
 
     /// `tr(D H Dᵀ)` for `delta = D` (`[rows, columns]`, original column order), in f64.
     fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64>;
+
+    /// The backend's own products for a model's forward pass, if it has them; `None` (the
+    /// default) leaves them to the caller's CPU code. A GPU backend returns itself, so that a
+    /// pipeline computing calibration activations runs its matrix products on the GPU as well.
+    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
+        None
+    }
 }
 
 /// A shared reference to a backend is a backend, so one backend value can serve many solvers.
@@ -388,6 +440,9 @@ impl<B: Backend> Backend for &B {
     }
     fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64> {
         (**self).quadratic_loss(hessian, delta)
+    }
+    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
+        (**self).forward_products()
     }
 }
 

@@ -23,11 +23,18 @@
 //! });
 //! ```
 
-use ndarray::Array2;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
+use crate::activations::HessianOptions;
+use crate::backend::{
+    Backend, BlockSolution, Damping, FactorRequest, ForwardProducts, SolvePlan, check_x_wt,
+};
 use crate::config::{ClipSearch, GroupSize, QuantConfig};
+use crate::error::{GptqError, Result};
 use crate::grid::{QuantGrid, dequantize_code, quantize_value};
 
 /// Finite weights of one row, of a length in `len`, with magnitudes from 1e-3 to 10.
@@ -140,6 +147,123 @@ pub fn check_grid_idempotent<G: QuantGrid + ?Sized>(
         prop_assert_eq!(again.to_bits(), value.to_bits());
     }
     Ok(())
+}
+
+/// [`ForwardProducts`] in plain loops (f64 sums, the oracle for a device's products) that counts
+/// its calls and can be told to fail, to test that a forward pass sends its products where it
+/// is told to and passes their errors on.
+#[derive(Debug, Default)]
+pub struct PlainProducts {
+    calls: AtomicUsize,
+    fail_at: Option<usize>,
+}
+
+impl PlainProducts {
+    /// Products that always succeed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Products whose call number `call` (counting from 0) fails with a
+    /// [`GptqError::Backend`], as a device out of memory would.
+    pub fn failing_at(call: usize) -> Self {
+        PlainProducts {
+            calls: AtomicUsize::new(0),
+            fail_at: Some(call),
+        }
+    }
+
+    /// Calls so far, failed ones included.
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl ForwardProducts for PlainProducts {
+    fn x_wt(
+        &self,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        mut out: ArrayViewMut2<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        check_x_wt(&x, &w, &out)?;
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_at == Some(call) {
+            return Err(GptqError::Backend {
+                backend: "plain products",
+                message: format!("product {call} failed as the test asked"),
+            });
+        }
+        for ((i, j), o) in out.indexed_iter_mut() {
+            let dot: f64 = x
+                .row(i)
+                .iter()
+                .zip(w.row(j))
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            let base = if accumulate { f64::from(*o) } else { 0.0 };
+            *o = (base + dot) as f32;
+        }
+        Ok(())
+    }
+}
+
+/// A backend that is `backend` in everything but its [`Backend::forward_products`], which are
+/// `products`: runs a pipeline with a device's product routing on any backend.
+#[derive(Debug)]
+pub struct WithProducts<B, P> {
+    /// Everything but the forward products.
+    pub backend: B,
+    /// The forward products.
+    pub products: P,
+}
+
+impl<B: Backend, P: ForwardProducts> Backend for WithProducts<B, P> {
+    type Hessian = B::Hessian;
+    type Accumulator = B::Accumulator;
+    type Factor = B::Factor;
+
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+    fn accumulator(&self, columns: usize, options: HessianOptions) -> Result<Self::Accumulator> {
+        self.backend.accumulator(columns, options)
+    }
+    fn hessian_from_host(&self, hessian: ArrayView2<'_, f64>) -> Result<Self::Hessian> {
+        self.backend.hessian_from_host(hessian)
+    }
+    fn factor_diagonal(&self, factor: &Self::Factor) -> Result<Vec<f32>> {
+        self.backend.factor_diagonal(factor)
+    }
+    fn hessian_to_host(&self, hessian: &Self::Hessian) -> Result<Array2<f64>> {
+        self.backend.hessian_to_host(hessian)
+    }
+    fn hessian_diagonal(&self, hessian: &Self::Hessian) -> Result<Vec<f64>> {
+        self.backend.hessian_diagonal(hessian)
+    }
+    fn inverse_factor(
+        &self,
+        hessian: &Self::Hessian,
+        request: &FactorRequest<'_>,
+    ) -> Result<(Self::Factor, Damping)> {
+        self.backend.inverse_factor(hessian, request)
+    }
+    fn blocked_solve<G: QuantGrid + ?Sized>(
+        &self,
+        weights: ArrayView2<'_, f32>,
+        factor: &Self::Factor,
+        plan: &SolvePlan,
+        grid: &G,
+    ) -> Result<BlockSolution> {
+        self.backend.blocked_solve(weights, factor, plan, grid)
+    }
+    fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64> {
+        self.backend.quadratic_loss(hessian, delta)
+    }
+    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
+        Some(&self.products)
+    }
 }
 
 /// Says on standard error that the running test is skipped and why: `skipped NAME: REASON`,

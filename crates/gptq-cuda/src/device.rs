@@ -332,6 +332,18 @@ impl Session<'_> {
         })
     }
 
+    /// A device buffer of `len` values that the next operation overwrites whole before anything
+    /// reads it (no zero fill); `what` names it in the out-of-memory message.
+    pub fn uninitialized<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
+        // SAFETY: every caller writes all `len` values (an SGEMM with beta 0) before reading.
+        unsafe { self.stream().alloc(len.max(1)) }.context(|| {
+            format!(
+                "cannot allocate {} on the GPU for {what}",
+                size_string(len * std::mem::size_of::<T>())
+            )
+        })
+    }
+
     /// Copies a host slice to a new device buffer.
     pub fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>> {
         if data.is_empty() {
@@ -391,6 +403,28 @@ impl Session<'_> {
             .memcpy_dtoh(&src.slice(..len), &mut out)
             .context(|| format!("cannot copy {what} from the GPU"))?;
         Ok(out)
+    }
+
+    /// Copies the first `dst.len()` values of a device buffer into `dst` (waits for the stream).
+    pub fn download_into<T: DeviceRepr>(
+        &self,
+        src: &CudaSlice<T>,
+        dst: &mut [T],
+        what: &str,
+    ) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        if dst.len() > src.len() {
+            return Err(backend_error(format!(
+                "internal error: {} values of {what} asked from a buffer of {}",
+                dst.len(),
+                src.len()
+            )));
+        }
+        self.stream()
+            .memcpy_dtoh(&src.slice(..dst.len()), dst)
+            .context(|| format!("cannot copy {what} from the GPU"))
     }
 
     /// A launch configuration for a grid-stride kernel over `n` elements.

@@ -16,6 +16,9 @@
 //!   the range search, the min–max grid with its clipping search, round-half-to-even, no fused
 //!   multiply-add); a cuBLAS SGEMM applies each block's lazy update.
 //! - Loss: DGEMM and a fixed-order reduction in f64 on the GPU.
+//! - Forward products ([`gptq_core::ForwardProducts`], returned by
+//!   [`Backend::forward_products`]): the linears' `x · wᵀ` of a pipeline's calibration forward
+//!   passes, one f32 SGEMM each, so `gptq quantize --device cuda` runs those on the GPU too.
 //!
 //! Everything CUDA is loaded at run time (cudarc's dynamic loading), so this crate builds
 //! anywhere; [`CudaBackend::new`] returns [`GptqError::Unsupported`] on a machine without an
@@ -40,13 +43,14 @@ mod factor;
 mod hessian;
 mod kernels;
 mod loss;
+mod products;
 mod solve;
 
 use std::sync::Arc;
 
 use gptq_core::{
-    Backend, BlockSolution, Damping, FactorRequest, GptqError, HessianOptions, QuantGrid, Result,
-    SolvePlan,
+    Backend, BlockSolution, Damping, FactorRequest, ForwardProducts, GptqError, HessianOptions,
+    QuantGrid, Result, SolvePlan,
 };
 use ndarray::{Array2, ArrayView2};
 
@@ -187,5 +191,9 @@ impl Backend for CudaBackend {
     fn quadratic_loss(&self, hessian: &CudaHessian, delta: ArrayView2<'_, f32>) -> Result<f64> {
         self.same_device(&hessian.device, "the Hessian")?;
         loss::quadratic_loss(hessian, delta)
+    }
+
+    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
+        Some(self)
     }
 }

@@ -564,3 +564,111 @@ fn every_reference_case_passes_on_the_gpu() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// `out = x · wᵀ (+ start)` in f64 from the definition.
+fn x_wt_f64(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    start: Option<&Array2<f32>>,
+) -> Array2<f64> {
+    let product = x.mapv(f64::from).dot(&w.mapv(f64::from).t());
+    match start {
+        Some(s) => product + s.mapv(f64::from),
+        None => product,
+    }
+}
+
+#[test]
+fn forward_products_match_the_definition() {
+    let Some(cuda) = gpu() else { return };
+    let products = cuda
+        .forward_products()
+        .expect("the CUDA backend computes products");
+    // SmolLM2's and Llama-7B's linear shapes among small odd ones.
+    for (rows, outputs, inner) in [
+        (1, 1, 1),
+        (7, 5, 3),
+        (512, 576, 576),
+        (4096, 1536, 576),
+        (4096, 576, 1536),
+        (2048, 11008, 4096),
+    ] {
+        let x = seeded_matrix(rows, inner, 1, 1.0);
+        let w = seeded_matrix(outputs, inner, 2, 1.0);
+        let start = seeded_matrix(rows, outputs, 3, 1.0);
+        // f32 rounding of sums of `inner` unit-size products.
+        let tolerance = 1e-6 * inner as f64 + 1e-6;
+        for accumulate in [false, true] {
+            let mut out = if accumulate {
+                start.clone()
+            } else {
+                Array2::from_elem((rows, outputs), f32::NAN)
+            };
+            products
+                .x_wt(x.view(), w.view(), out.view_mut(), accumulate)
+                .unwrap();
+            let want = x_wt_f64(x.view(), w.view(), accumulate.then_some(&start));
+            let err = (out.mapv(f64::from) - &want)
+                .iter()
+                .fold(0f64, |m, d| m.max(d.abs()));
+            assert!(
+                err <= tolerance,
+                "{rows}×{inner} · ({outputs}×{inner})ᵀ, accumulate {accumulate}: error {err}"
+            );
+        }
+    }
+
+    // Strided views in and out, an empty inner dimension, and a wrong shape.
+    let xt = seeded_matrix(40, 30, 4, 1.0);
+    let w = seeded_matrix(20, 40, 5, 1.0);
+    let mut wide = Array2::from_elem((30, 50), 2.0f32);
+    products
+        .x_wt(xt.t(), w.view(), wide.slice_mut(s![.., 10..30]), false)
+        .unwrap();
+    let want = x_wt_f64(xt.t(), w.view(), None);
+    let err = (wide.slice(s![.., 10..30]).mapv(f64::from) - &want)
+        .iter()
+        .fold(0f64, |m, d| m.max(d.abs()));
+    assert!(err <= 1e-4, "strided: {err}");
+    assert!(wide.slice(s![.., ..10]).iter().all(|&v| v == 2.0));
+    assert!(wide.slice(s![.., 30..]).iter().all(|&v| v == 2.0));
+    let mut out = Array2::from_elem((3, 4), 7.0f32);
+    let empty = Array2::<f32>::zeros((3, 0));
+    let none = Array2::<f32>::zeros((4, 0));
+    products
+        .x_wt(empty.view(), none.view(), out.view_mut(), true)
+        .unwrap();
+    assert!(out.iter().all(|&v| v == 7.0));
+    products
+        .x_wt(empty.view(), none.view(), out.view_mut(), false)
+        .unwrap();
+    assert!(out.iter().all(|&v| v == 0.0));
+    let err = products
+        .x_wt(xt.view(), w.view(), out.view_mut(), false)
+        .unwrap_err();
+    assert!(matches!(err, GptqError::ShapeMismatch { .. }), "{err}");
+}
+
+#[test]
+fn a_decoder_layer_runs_its_products_on_the_gpu() {
+    let Some(cuda) = gpu() else { return };
+    for model_type in ["llama", "qwen2"] {
+        let tiny = gptq_model::testing::Tiny {
+            model_type,
+            ..Default::default()
+        };
+        let dir = tiny.write(3);
+        let layer = gptq_model::Checkpoint::open(dir.path())
+            .unwrap()
+            .load_layer(1)
+            .unwrap();
+        let lens = [100, 50];
+        let x = seeded_matrix(150, tiny.hidden, 6, 1.0);
+        let cpu = gptq_model::forward_layer(&layer, x.view(), &lens, gptq_model::Par::Seq).unwrap();
+        let compute =
+            gptq_model::Compute::new(gptq_model::Par::Seq).with_products(cuda.forward_products());
+        let gpu = gptq_model::forward_layer(&layer, x.view(), &lens, compute).unwrap();
+        let err = (&gpu - &cpu).iter().fold(0f32, |m, d| m.max(d.abs()));
+        assert!(err < 1e-4, "{model_type}: {err}");
+    }
+}

@@ -184,6 +184,10 @@ pub enum ModelError {
         actual: String,
     },
 
+    /// A backend's product of the forward pass failed (out of device memory, a driver error).
+    #[error("a matrix product of the forward pass failed: {0}")]
+    Products(#[source] gptq_core::GptqError),
+
     /// An argument is out of range.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

@@ -3,8 +3,9 @@
 //! Every stage works on a *batch*: the rows of the activation matrix are the tokens of one or
 //! more sequences laid end to end, and `seq_lens` says how many rows each sequence has
 //! (`&[x.nrows()]` for a single sequence). The linear layers run on all rows at once — one
-//! large GEMM per linear, which is where batching pays — while attention runs per sequence
-//! and head, with (sequence, head) pairs spread over threads.
+//! large GEMM per linear, which is where batching pays, and what a [`Compute`] can send to a
+//! backend's products — while attention runs per sequence and head on the CPU, with
+//! (sequence, head) pairs spread over threads.
 //!
 //! ```text
 //! normed  = rms_norm(x, input_layernorm)                 ← input of q/k/v_proj
@@ -20,6 +21,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
+use crate::compute::Compute;
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, LinearId};
 use crate::ops::{
@@ -56,18 +58,20 @@ fn check_batch(
 /// grouped-query causal attention with an f32 max-subtracted softmax. `normed` is
 /// `[tokens, hidden]` (the output of the input RMSNorm); the result is
 /// `[tokens, heads·head_dim]`, the input of `o_proj`.
-pub fn attention_core(
+pub fn attention_core<'c>(
     layer: &DecoderLayer,
     normed: ArrayView2<'_, f32>,
     seq_lens: &[usize],
-    par: Par,
+    compute: impl Into<Compute<'c>>,
 ) -> Result<Array2<f32>> {
+    let compute = compute.into();
+    let par = compute.par();
     let s = layer.shape;
     check_batch("attention input", &normed, s.hidden_size, seq_lens)?;
     layer.validate()?;
-    let mut q = layer.q_proj.forward(normed, par)?;
-    let mut k = layer.k_proj.forward(normed, par)?;
-    let v = layer.v_proj.forward(normed, par)?;
+    let mut q = layer.q_proj.forward(normed, compute)?;
+    let mut k = layer.k_proj.forward(normed, compute)?;
+    let v = layer.v_proj.forward(normed, compute)?;
 
     if let Some(norms) = &layer.head_norms {
         for (m, w) in [(&mut q, &norms.q), (&mut k, &norms.k)] {
@@ -248,17 +252,18 @@ fn head_attention(q: &[f32], k: &[f32], v: &[f32], g: &HeadGeometry, mut out: Ma
 
 /// The MLP up to, not including, `down_proj`: `silu(gate_proj(x)) ⊙ up_proj(x)`.
 /// `normed2` is `[tokens, hidden]`; the result is `[tokens, intermediate]`.
-pub fn mlp_inner(
+pub fn mlp_inner<'c>(
     layer: &DecoderLayer,
     normed2: ArrayView2<'_, f32>,
-    par: Par,
+    compute: impl Into<Compute<'c>>,
 ) -> Result<Array2<f32>> {
-    let mut gate = layer.gate_proj.forward(normed2, par)?;
-    let up = layer.up_proj.forward(normed2, par)?;
+    let compute = compute.into();
+    let mut gate = layer.gate_proj.forward(normed2, compute)?;
+    let up = layer.up_proj.forward(normed2, compute)?;
     silu_mul_inplace(
         gate.as_slice_mut().expect("fresh array"),
         up.as_slice().expect("fresh array"),
-        par,
+        compute.par(),
     );
     recycle(up);
     Ok(gate)
@@ -275,28 +280,30 @@ pub struct LinearInput<'a> {
 
 /// One decoder layer: `h = x + o(attention_core(norm1(x)))`, `out = h + down(mlp_inner(norm2(h)))`.
 /// `x` is `[tokens, hidden]` for the sequences of `seq_lens` laid end to end.
-pub fn forward_layer(
+pub fn forward_layer<'c>(
     layer: &DecoderLayer,
     x: ArrayView2<'_, f32>,
     seq_lens: &[usize],
-    par: Par,
+    compute: impl Into<Compute<'c>>,
 ) -> Result<Array2<f32>> {
-    forward_layer_observed(layer, x, seq_lens, par, |_| Ok(()))
+    forward_layer_observed(layer, x, seq_lens, compute, |_| Ok(()))
 }
 
 /// [`forward_layer`], calling `observe` with the input of each group of linears as soon as it
 /// is computed (four calls: q/k/v, o, gate/up, down) — e.g. to accumulate GPTQ Hessians in
 /// one pass. An error from `observe` stops the pass and is returned.
-pub fn forward_layer_observed<F>(
+pub fn forward_layer_observed<'c, F>(
     layer: &DecoderLayer,
     x: ArrayView2<'_, f32>,
     seq_lens: &[usize],
-    par: Par,
+    compute: impl Into<Compute<'c>>,
     mut observe: F,
 ) -> Result<Array2<f32>>
 where
     F: FnMut(LinearInput<'_>) -> Result<()>,
 {
+    let compute = compute.into();
+    let par = compute.par();
     let s = layer.shape;
     check_batch("decoder layer input", &x, s.hidden_size, seq_lens)?;
     let normed = rms_norm_par(x, layer.input_layernorm.view(), s.rms_norm_eps, par)?;
@@ -304,7 +311,7 @@ where
         ids: LinearId::Q.input_group(),
         input: normed.view(),
     })?;
-    let attn = attention_core(layer, normed.view(), seq_lens, par)?;
+    let attn = attention_core(layer, normed.view(), seq_lens, compute)?;
     recycle(normed);
     observe(LinearInput {
         ids: LinearId::O.input_group(),
@@ -312,7 +319,7 @@ where
     })?;
     let mut h = crate::pool::scratch(x.nrows(), x.ncols());
     h.assign(&x);
-    layer.o_proj.forward_add(attn.view(), &mut h, par)?;
+    layer.o_proj.forward_add(attn.view(), &mut h, compute)?;
     recycle(attn);
     let normed2 = rms_norm_par(
         h.view(),
@@ -324,13 +331,13 @@ where
         ids: LinearId::Gate.input_group(),
         input: normed2.view(),
     })?;
-    let inner = mlp_inner(layer, normed2.view(), par)?;
+    let inner = mlp_inner(layer, normed2.view(), compute)?;
     recycle(normed2);
     observe(LinearInput {
         ids: LinearId::Down.input_group(),
         input: inner.view(),
     })?;
-    layer.down_proj.forward_add(inner.view(), &mut h, par)?;
+    layer.down_proj.forward_add(inner.view(), &mut h, compute)?;
     recycle(inner);
     Ok(h)
 }

@@ -9,13 +9,16 @@
 //! - [`Tokenizer`]: `tokenizer.json` through the `tokenizers` crate.
 //! - The decoder forward pass in the stages GPTQ needs ([`rms_norm`], [`attention_core`],
 //!   [`mlp_inner`], [`forward_layer`], [`forward_layer_observed`]), on batches of sequences
-//!   laid end to end, with every product a faer GEMM.
+//!   laid end to end, with every product a faer GEMM, or the linears' on a backend's products
+//!   (see [`Compute`]).
 //! - [`perplexity`] by the GPTQ paper's protocol, and calibration loaders ([`calib`]).
 //!
 //! Examples: `examples/perplexity.rs` (WikiText-2 perplexity of a checkpoint) and
 //! `examples/layer_bench.rs` (layer-forward GFLOP/s against faer's plain GEMM).
 //!
-//! Parallelism is the caller's choice: every compute function takes a [`faer::Par`].
+//! Parallelism is the caller's choice: every compute function takes a [`faer::Par`] (the forward
+//! stages take anything that converts into a [`Compute`], which can also send the linears'
+//! products to a backend's `gptq_core::ForwardProducts`, e.g. a GPU's).
 //! `Par::Seq` runs on the calling thread. `Par::rayon(n)` splits each GEMM into `n` tasks and
 //! spreads attention heads and element-wise work over the *current* rayon pool, so to use
 //! exactly `n` threads, run inside a `rayon::ThreadPool` of `n` threads
@@ -24,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod calib;
+mod compute;
 mod config;
 mod error;
 mod eval;
@@ -40,6 +44,7 @@ pub mod testing;
 mod tokenizer;
 pub mod weights;
 
+pub use compute::Compute;
 pub use config::{Architecture, LayerShape, ModelConfig};
 pub use error::{ModelError, Result};
 pub use eval::{PerplexityOptions, PerplexityReport, eval_windows, perplexity};

@@ -1,9 +1,10 @@
-//! `nn.Linear` on the CPU, every product through faer.
+//! `nn.Linear`, its products through faer or a backend's [`ForwardProducts`](gptq_core::ForwardProducts).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 
+use crate::compute::Compute;
 use crate::error::{ModelError, Result};
 
 /// A faer view of an ndarray view, whatever its strides (no copy).
@@ -97,7 +98,12 @@ impl Linear {
     }
 
     /// `x · Wᵀ + b` for `x` of shape `[tokens, in_features]`.
-    pub fn forward(&self, x: ArrayView2<'_, f32>, par: Par) -> Result<Array2<f32>> {
+    pub fn forward<'c>(
+        &self,
+        x: ArrayView2<'_, f32>,
+        compute: impl Into<Compute<'c>>,
+    ) -> Result<Array2<f32>> {
+        let compute = compute.into();
         self.check_input(&x)?;
         // Overwritten whole: by the product (`Accum::Replace`) or by the bias it accumulates onto.
         let mut out = crate::pool::scratch(x.nrows(), self.out_features());
@@ -105,22 +111,16 @@ impl Linear {
             // Start from the bias so that the product accumulates onto it in one pass.
             out.assign(b);
         }
-        matmul_xwt(
-            out.view_mut(),
-            self.bias.is_some(),
-            x,
-            self.weight.view(),
-            par,
-        );
+        compute.x_wt(out.view_mut(), self.bias.is_some(), x, self.weight.view())?;
         Ok(out)
     }
 
     /// `out += x · Wᵀ + b`: the residual connection without a temporary.
-    pub fn forward_add(
+    pub fn forward_add<'c>(
         &self,
         x: ArrayView2<'_, f32>,
         out: &mut Array2<f32>,
-        par: Par,
+        compute: impl Into<Compute<'c>>,
     ) -> Result<()> {
         self.check_input(&x)?;
         if out.dim() != (x.nrows(), self.out_features()) {
@@ -133,8 +133,9 @@ impl Linear {
         if let Some(b) = &self.bias {
             *out += b;
         }
-        matmul_xwt(out.view_mut(), true, x, self.weight.view(), par);
-        Ok(())
+        compute
+            .into()
+            .x_wt(out.view_mut(), true, x, self.weight.view())
     }
 
     fn check_input(&self, x: &ArrayView2<'_, f32>) -> Result<()> {

@@ -4,10 +4,12 @@
 use gptq_model::testing as common;
 
 use common::{TempDir, Tiny, max_diff, write_config, write_raw, write_safetensors};
+use gptq_core::GptqError;
+use gptq_core::testing::PlainProducts;
 use gptq_model::calib::SplitMix64;
 use gptq_model::{
-    Checkpoint, DecoderLayer, LayerShape, LinearId, ModelConfig, ModelError, Par, RopeScaling,
-    attention_core, forward_layer, forward_layer_observed, mlp_inner, rms_norm,
+    Checkpoint, Compute, DecoderLayer, LayerShape, LinearId, ModelConfig, ModelError, Par,
+    RopeScaling, attention_core, forward_layer, forward_layer_observed, mlp_inner, rms_norm,
 };
 use ndarray::{Array2, s};
 use safetensors::Dtype;
@@ -200,6 +202,53 @@ fn check_layer_against_reference(dir: &std::path::Path, par: Par) {
     let want = reference_layer(&layer, &x);
     let err = max_diff64(&got, &want);
     assert!(err < 1e-4, "{:?}: max error {err}", layer.shape);
+}
+
+#[test]
+fn a_backend_computes_every_linear_product_when_given() {
+    // Qwen2: biases, so both the products that start from the bias and those that add onto the
+    // residual stream go through the backend.
+    let tiny = Tiny {
+        model_type: "qwen2",
+        ..Tiny::default()
+    };
+    let dir = tiny.write(21);
+    let layer = Checkpoint::open(dir.path()).unwrap().load_layer(1).unwrap();
+    let lens = [90, 60];
+    let x = random_input(150, tiny.hidden, 6);
+    let on_cpu = forward_layer(&layer, x.view(), &lens, Par::rayon(2)).unwrap();
+
+    let products = PlainProducts::new();
+    let compute = Compute::new(Par::rayon(2)).with_products(Some(&products));
+    let on_backend = forward_layer(&layer, x.view(), &lens, compute).unwrap();
+    assert_eq!(
+        products.calls(),
+        7,
+        "one product per linear: q, k, v, o, gate, up, down"
+    );
+    assert!(max_diff(&on_backend, &on_cpu) < 1e-5);
+    let seq = x.slice(s![..90, ..]).to_owned();
+    let err = max_diff64(
+        &on_backend.slice(s![..90, ..]).to_owned(),
+        &reference_layer(&layer, &seq),
+    );
+    assert!(err < 1e-4, "max error {err}");
+
+    // A product that fails (a device out of memory) is an error of the pass, whichever it is.
+    for call in 0..7 {
+        let failing = PlainProducts::failing_at(call);
+        let compute = Compute::new(Par::Seq).with_products(Some(&failing));
+        let err = forward_layer(&layer, x.view(), &lens, compute).unwrap_err();
+        assert!(
+            matches!(err, ModelError::Products(GptqError::Backend { .. })),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains(&format!("product {call} failed")),
+            "{err}"
+        );
+        assert_eq!(failing.calls(), call + 1, "the pass stops at the failure");
+    }
 }
 
 #[test]

@@ -6,13 +6,15 @@
 //! and the three quantized; the attention output is then computed *with the quantized q/k/v*,
 //! and so on for o, gate/up and down ("true-sequential"). The layer's output, computed with its
 //! quantized weights, becomes the next layer's input. Each linear is computed once, and only
-//! one layer's activations are held at a time.
+//! one layer's activations are held at a time. The linears' products run on the backend when
+//! it has its own ([`Backend::forward_products`]: a GPU's), the rest of the forward pass on the
+//! CPU.
 
 use std::time::Instant;
 
 use gptq_core::{ActivationBatch, Backend, GptqError, GroupSize, HessianAccumulator};
 use gptq_model::{
-    Checkpoint, DecoderLayer, LinearId, attention_core, embed, forward_layer, mlp_inner,
+    Checkpoint, Compute, DecoderLayer, LinearId, attention_core, embed, forward_layer, mlp_inner,
     rms_norm_par,
 };
 use gptq_quant::{CheckpointFormat, PackedTensor, check_packable, pack};
@@ -134,7 +136,9 @@ pub fn quantize_model<B: Backend>(
         return Err(PipelineError::Invalid("no calibration samples".into()));
     }
     let config = checkpoint.config();
-    let par = options.par();
+    // The linears' products of the forward passes run on the backend when it has its own (a
+    // GPU's): they are most of a run's time.
+    let compute = Compute::new(options.par()).with_products(backend.forward_products());
     let layers = config.num_hidden_layers;
     let mut run = Run {
         gptq: Gptq::new(backend, options.config.clone()).with_options(options.solve),
@@ -192,7 +196,7 @@ pub fn quantize_model<B: Backend>(
             run_stages(
                 &mut layer,
                 &mut batches,
-                par,
+                compute,
                 output,
                 &mut forward,
                 &mut |ids, inputs, lens, layer| {
@@ -208,7 +212,7 @@ pub fn quantize_model<B: Backend>(
             run_stages(
                 &mut layer,
                 &mut batches,
-                par,
+                compute,
                 LayerOutput::Unused,
                 &mut forward,
                 &mut |ids, inputs, lens, layer| {
@@ -225,7 +229,7 @@ pub fn quantize_model<B: Backend>(
                     .into_iter()
                     .map(|b| {
                         Ok(Batch {
-                            hidden: forward_layer(&layer, b.hidden.view(), &b.lens, par)?,
+                            hidden: forward_layer(&layer, b.hidden.view(), &b.lens, compute)?,
                             lens: b.lens,
                         })
                     })
@@ -518,12 +522,13 @@ enum LayerOutput {
 fn run_stages(
     layer: &mut DecoderLayer,
     batches: &mut [Batch],
-    par: faer::Par,
+    compute: Compute<'_>,
     output: LayerOutput,
     forward: &mut f64,
     on_group: &mut OnGroup<'_>,
 ) -> Result<()> {
     let s = layer.shape;
+    let par = compute.par();
     let lens: Vec<Vec<usize>> = batches.iter().map(|b| b.lens.clone()).collect();
     let lens: Vec<&[usize]> = lens.iter().map(Vec::as_slice).collect();
     let norm = |b: &Batch, weight: &ndarray::Array1<f32>| {
@@ -540,7 +545,7 @@ fn run_stages(
 
     let t = Instant::now();
     let attention = map_batches(normed, |i, x| {
-        Ok(attention_core(layer, x.view(), lens[i], par)?)
+        Ok(attention_core(layer, x.view(), lens[i], compute)?)
     })?;
     *forward += t.elapsed().as_secs_f64();
     on_group(LinearId::O.input_group(), &attention, &lens, layer)?;
@@ -548,7 +553,7 @@ fn run_stages(
     let t = Instant::now();
     let normed = map_batches(attention, |i, a| {
         let b = &mut batches[i];
-        layer.o_proj.forward_add(a.view(), &mut b.hidden, par)?;
+        layer.o_proj.forward_add(a.view(), &mut b.hidden, compute)?;
         drop(a);
         Ok(norm(b, &layer.post_attention_layernorm)?)
     })?;
@@ -556,7 +561,7 @@ fn run_stages(
     on_group(LinearId::Gate.input_group(), &normed, &lens, layer)?;
 
     let t = Instant::now();
-    let inner = map_batches(normed, |_, x| Ok(mlp_inner(layer, x.view(), par)?))?;
+    let inner = map_batches(normed, |_, x| Ok(mlp_inner(layer, x.view(), compute)?))?;
     *forward += t.elapsed().as_secs_f64();
     on_group(LinearId::Down.input_group(), &inner, &lens, layer)?;
     if output == LayerOutput::Unused {
@@ -565,7 +570,9 @@ fn run_stages(
 
     let t = Instant::now();
     for (b, m) in batches.iter_mut().zip(inner) {
-        layer.down_proj.forward_add(m.view(), &mut b.hidden, par)?;
+        layer
+            .down_proj
+            .forward_add(m.view(), &mut b.hidden, compute)?;
     }
     *forward += t.elapsed().as_secs_f64();
     Ok(())

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use gptq_core::testing::{PlainProducts, WithProducts};
 use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator, QuantConfig};
 use gptq_model::testing::{TempDir, Tiny, write_config, write_safetensors};
 use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par};
@@ -885,4 +886,75 @@ fn results_do_not_depend_on_the_thread_count() {
     let losses = |m: &QuantizedModel| m.modules.iter().map(|r| r.loss).collect::<Vec<_>>();
     assert!(losses(&one).iter().all(Option::is_some));
     assert_eq!(losses(&one), losses(&three));
+}
+
+#[test]
+fn a_backend_with_its_own_products_runs_the_forward_passes() {
+    let source = TINY.write(9);
+    let checkpoint = Checkpoint::open(source.path()).unwrap();
+    let on_cpu = run(source.path(), &options(4, 32, false)).1;
+    for (true_sequential, products_per_run) in
+        [(true, 7 * 3 + 6 * 3), (false, 6 * 3 + 7 * 3 + 6 * 3)]
+    {
+        let mut options = options(4, 32, false);
+        options.true_sequential = true_sequential;
+        let backend = WithProducts {
+            backend: CpuBackend::with_threads(1),
+            products: PlainProducts::new(),
+        };
+        let model = quantize_model(
+            &checkpoint,
+            &samples(7, 24),
+            &backend,
+            &options,
+            &mut Silent,
+        )
+        .unwrap();
+        // Every product of layer 0, and layer 1's but its unread `down` (three batches each);
+        // without true-sequential, layer 0 runs a hooked pass and an output pass.
+        assert_eq!(backend.products.calls(), products_per_run);
+        if !true_sequential {
+            continue;
+        }
+        // The same run as on the CPU, up to the products' rounding (f64 sums here).
+        let (mut same, mut all) = (0, 0);
+        for (a, b) in model.linears.iter().zip(&on_cpu.linears) {
+            let (a, b) = (unpack(&a.packed).unwrap(), unpack(&b.packed).unwrap());
+            same += a
+                .codes()
+                .iter()
+                .zip(b.codes())
+                .filter(|(x, y)| x == y)
+                .count();
+            all += a.codes().len();
+        }
+        assert!(
+            same as f64 >= 0.995 * all as f64,
+            "{same} of {all} codes equal"
+        );
+        for (a, b) in model.modules.iter().zip(&on_cpu.modules) {
+            let (a, b) = (a.loss.unwrap(), b.loss.unwrap());
+            assert!((a - b).abs() <= 1e-3 * b.abs(), "loss {a} against {b}");
+        }
+    }
+
+    // A product that fails stops the run with that failure named.
+    let backend = WithProducts {
+        backend: CpuBackend::with_threads(1),
+        products: PlainProducts::failing_at(9),
+    };
+    let err = quantize_model(
+        &checkpoint,
+        &samples(7, 24),
+        &backend,
+        &options(4, 32, false),
+        &mut Silent,
+    )
+    .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("matrix product of the forward pass failed")
+            && message.contains("product 9 failed"),
+        "{message}"
+    );
 }
