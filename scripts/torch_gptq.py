@@ -5,6 +5,7 @@
                            [--text FILE --windows 40] [--threads 2]
     torch_gptq.py layer --rows 4096 --cols 4096 --tokens 16384 [--bits 4 --group-size 128]
                         [--device cuda] [--repeats 3]
+    torch_gptq.py decoder --hidden 4096 --intermediate 11008 --tokens 16384 [--device cuda]
 
 `pipeline` quantizes a Llama-family Hugging Face checkpoint the way the widely used reference
 implementation organises the work: capture the inputs of decoder layer 0; for each layer and each
@@ -18,6 +19,8 @@ perplexity of the quantized model on the first --windows windows (exp of the mea
 
 `layer` times one layer's Hessian accumulation and solve on random data, on CPU or a GPU, with the
 same split as gptq-rs's benchmarks (upload, Hessian, inverse factor, column loop, block updates).
+`decoder` does the same for a whole Llama decoder layer's linears (Llama-7B's shapes by default):
+four Hessians, seven solves. Both print one JSON line (median of --repeats after a warm-up run).
 
 Needs torch and transformers (scripts/hf_check.sh sets up a virtual environment with both).
 """
@@ -155,10 +158,14 @@ def run_layer(args):
     torch.manual_seed(args.seed)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     # Correlated activations, like a real layer's inputs: random mixing of independent features.
-    x_host = torch.randn(args.tokens, args.cols, generator=gen)
-    mix = torch.randn(args.cols, args.cols, generator=gen) / math.sqrt(args.cols)
-    x_host = (x_host @ (torch.eye(args.cols) + 0.5 * mix)).contiguous()
-    w_host = (torch.randn(args.rows, args.cols, generator=gen) * 0.02).contiguous()
+    if args.data:
+        x_host = read_f32(args.data, "x0", args.tokens, args.cols)
+        w_host = read_f32(args.data, "w0_0", args.rows, args.cols)
+    else:
+        x_host = torch.randn(args.tokens, args.cols, generator=gen)
+        mix = torch.randn(args.cols, args.cols, generator=gen) / math.sqrt(args.cols)
+        x_host = (x_host @ (torch.eye(args.cols) + 0.5 * mix)).contiguous()
+        w_host = (torch.randn(args.rows, args.cols, generator=gen) * 0.02).contiguous()
     if device.type == "cuda":
         x_host, w_host = x_host.pin_memory(), w_host.pin_memory()
 
@@ -168,28 +175,124 @@ def run_layer(args):
         timer.sync()
         t_all = time.perf_counter()
         x = x_host.to(device, non_blocking=True)
-        w = w_host.to(device, non_blocking=True)
+        w = w_host.to(device, non_blocking=True, copy=True)  # the solve overwrites it
         timer.sync()
         t = time.perf_counter()
         timer.add("upload", t - t_all)
         h = (2.0 / args.tokens) * (x.T @ x)
         timer.sync()
         timer.add("hessian", time.perf_counter() - t)
+        t_copies = time.perf_counter()
+        w_before, h_before = w.clone(), h.clone()  # both are overwritten by the solve
+        timer.sync()
+        copies = time.perf_counter() - t_copies
         q, loss = gptq_solve(w, h, bits=args.bits, group_size=args.group_size, sym=args.sym,
                              act_order=args.act_order, timer=timer)
         t = time.perf_counter()
         q_host = q.to("cpu")
         timer.add("download", time.perf_counter() - t)
-        total = time.perf_counter() - t_all
-        del x, w, h, q, q_host
+        total = time.perf_counter() - t_all - copies  # without the copies kept for the loss
+        quadratic = quadratic_loss(w_before, q, h_before)
+        del x, w, h, q, q_host, w_before, h_before
         if rep > 0:  # the first run warms up kernels and allocators
-            results.append((total, timer.totals, loss))
+            results.append((total, timer.totals, loss, quadratic))
 
     results.sort(key=lambda r: r[0])
-    total, split, loss = results[len(results) // 2]
+    total, split, loss, quadratic = results[len(results) // 2]
     name = f"{args.rows}x{args.cols} tokens {args.tokens} w{args.bits} g{args.group_size}"
     print(json.dumps({"layer": name, "device": str(device), "median_seconds": total,
-                      "split": split, "loss": loss, "repeats": args.repeats}))
+                      "split": split, "loss": loss, "quadratic_loss": quadratic,
+                      "repeats": args.repeats}))
+
+
+def read_f32(data, name, rows, cols):
+    """A [rows, cols] matrix of little-endian f32 written by gptq-rs's gpu_bench (`--data`)."""
+    import numpy as np
+    values = np.fromfile(f"{data}/{name}.f32", dtype="<f4")
+    if values.size != rows * cols:
+        raise SystemExit(f"{data}/{name}.f32 holds {values.size} values, not {rows} x {cols}")
+    return torch.from_numpy(values.reshape(rows, cols).copy())
+
+
+def quadratic_loss(w, q, h):
+    """tr((W - Q) H (W - Q)ᵀ) with the undamped Hessian: the loss gptq-rs reports."""
+    d = (w - q).double()
+    return float(((d @ h.double()) * d).sum())
+
+
+def low_rank_inputs(tokens, cols, gen):
+    """Correlated activations made cheaply at any width: 32 shared latent features mixed into
+    every column, plus noise, with column scales that differ (as gptq-rs's benchmarks make them)."""
+    latent = torch.randn(tokens, 32, generator=gen)
+    mixing = torch.randn(32, cols, generator=gen)
+    noise = 0.3 * torch.randn(tokens, cols, generator=gen)
+    scale = 0.2 + (torch.arange(cols) % 17).float() / 8.0
+    return ((latent @ mixing + noise) * scale).contiguous()
+
+
+def run_decoder(args):
+    """A Llama decoder layer's seven linears: four Hessians (q/k/v share one input, gate/up
+    another), each from `tokens` rows, and seven solves."""
+    device = torch.device(args.device)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed)
+    h, i = args.hidden, args.intermediate
+    groups = [(["q_proj", "k_proj", "v_proj"], h, h), (["o_proj"], h, h),
+              (["gate_proj", "up_proj"], i, h), (["down_proj"], h, i)]
+    if args.data:
+        inputs = [read_f32(args.data, f"x{g}", args.tokens, cols)
+                  for g, (_, _, cols) in enumerate(groups)]
+        weights = [[read_f32(args.data, f"w{g}_{j}", rows, cols) for j in range(len(names))]
+                   for g, (names, rows, cols) in enumerate(groups)]
+    else:
+        inputs = [low_rank_inputs(args.tokens, cols, gen) for _, _, cols in groups]
+        weights = [[(torch.randn(rows, cols, generator=gen) * 0.02).contiguous() for _ in names]
+                   for names, rows, cols in groups]
+    if device.type == "cuda":
+        inputs = [x.pin_memory() for x in inputs]
+        weights = [[w.pin_memory() for w in ws] for ws in weights]
+
+    results = []
+    for rep in range(args.repeats + 1):
+        timer = Timer(device)
+        timer.sync()
+        t_all = time.perf_counter()
+        loss_total = quadratic_total = untimed = 0.0
+        for (names, _, _), x_host, ws in zip(groups, inputs, weights):
+            t = time.perf_counter()
+            x = x_host.to(device, non_blocking=True)
+            timer.sync()
+            t1 = time.perf_counter()
+            timer.add("upload", t1 - t)
+            hessian = (2.0 / args.tokens) * (x.T @ x)
+            timer.sync()
+            timer.add("hessian", time.perf_counter() - t1)
+            del x
+            for w_host in ws:
+                t = time.perf_counter()
+                w = w_host.to(device, non_blocking=True, copy=True)  # the solve overwrites it
+                timer.sync()
+                timer.add("upload", time.perf_counter() - t)
+                q, loss = gptq_solve(w, hessian.clone(), bits=args.bits, group_size=args.group_size,
+                                     sym=args.sym, act_order=args.act_order, timer=timer)
+                t = time.perf_counter()
+                q.to("cpu")
+                timer.add("download", time.perf_counter() - t)
+                loss_total += loss
+                # Outside the timed part: the loss gptq-rs reports, from the weight as uploaded.
+                t = time.perf_counter()
+                quadratic_total += quadratic_loss(w_host.to(device), q, hessian)
+                timer.sync()
+                untimed += time.perf_counter() - t
+        total = time.perf_counter() - t_all - untimed
+        if rep > 0:  # the first run warms up kernels and allocators
+            results.append((total, timer.totals, loss_total, quadratic_total))
+
+    results.sort(key=lambda r: r[0])
+    total, split, loss, quadratic = results[len(results) // 2]
+    name = f"decoder hidden {h} intermediate {i} tokens {args.tokens} w{args.bits} g{args.group_size}"
+    print(json.dumps({"layer": name, "device": str(device), "median_seconds": total,
+                      "split": split, "loss": loss, "quadratic_loss": quadratic,
+                      "repeats": args.repeats}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +408,7 @@ def run_pipeline(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("pipeline", "layer"):
+    for name in ("pipeline", "layer", "decoder"):
         p = sub.add_parser(name)
         p.add_argument("--bits", type=int, default=4)
         p.add_argument("--group-size", type=int, default=128)
@@ -332,9 +435,20 @@ def main():
     lay.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     lay.add_argument("--repeats", type=int, default=3)
     lay.add_argument("--seed", type=int, default=0)
+    lay.add_argument("--data", help="read x0.f32 and w0_0.f32 from this folder instead")
+    dec = sub.choices["decoder"]
+    dec.add_argument("--hidden", type=int, default=4096)
+    dec.add_argument("--intermediate", type=int, default=11008)
+    dec.add_argument("--tokens", type=int, default=16384)
+    dec.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    dec.add_argument("--repeats", type=int, default=3)
+    dec.add_argument("--seed", type=int, default=0)
+    dec.add_argument("--data", help="read xG.f32 and wG_J.f32 (group G, linear J) from this folder")
     args = ap.parse_args()
     if args.command == "pipeline":
         run_pipeline(args)
+    elif args.command == "decoder":
+        run_decoder(args)
     else:
         run_layer(args)
 
