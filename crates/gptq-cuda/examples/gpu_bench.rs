@@ -291,13 +291,35 @@ fn compare_with_torch(args: &Args, ours: &[(&str, Split)], command: &[String], g
     }
 }
 
-fn args_of(pairs: &[(&str, usize)]) -> Vec<String> {
-    let mut out = Vec::new();
-    for (flag, value) in pairs {
+/// The `torch_gptq.py` command line for `sizes`, with this benchmark's grid.
+fn torch_command(subcommand: &str, sizes: &[(&str, usize)]) -> Vec<String> {
+    let grid = [("--bits", BITS as usize), ("--group-size", GROUP)];
+    let mut out = vec![subcommand.to_string()];
+    for (flag, value) in sizes.iter().chain(&grid) {
         out.push(flag.to_string());
         out.push(value.to_string());
     }
+    out.push("--asym".into());
     out
+}
+
+/// `groups` solved in the default mode and in parity mode (the reference's algorithm), each the
+/// median of `args.repeats` runs, printed.
+fn both_modes<B: Backend>(
+    backend: &B,
+    args: &Args,
+    groups: &Groups,
+) -> Result<Vec<(&'static str, Split)>, String> {
+    let mut ours = Vec::new();
+    for (name, options) in [
+        ("default", SolveOptions::default()),
+        ("parity", SolveOptions::parity()),
+    ] {
+        let split = median_run(args.repeats, || decoder_run(backend, options, groups))?;
+        split.print(name);
+        ours.push((name, split));
+    }
+    Ok(ours)
 }
 
 /// The one-layer benchmark, and the block updates against SGEMM on their shapes.
@@ -316,15 +338,7 @@ fn layer<B: Backend>(
         inputs(n.tokens, columns, 10),
         vec![seeded_matrix(rows, columns, 11, 0.02)],
     )];
-    let mut ours = Vec::new();
-    for (name, options) in [
-        ("default", SolveOptions::default()),
-        ("parity", SolveOptions::parity()),
-    ] {
-        let split = median_run(args.repeats, || decoder_run(backend, options, &groups))?;
-        split.print(name);
-        ours.push((name, split));
-    }
+    let ours = both_modes(backend, args, &groups)?;
     // The lazy updates: after the block ending at `end`, [rows, 128] · [128, columns - end].
     let shapes: Vec<(usize, usize, usize)> = (BLOCK..columns)
         .step_by(BLOCK)
@@ -363,18 +377,14 @@ fn layer<B: Backend>(
             100.0 * flops / secs(updates) / 1e9 / square_rate
         );
     }
-    let command = [
-        vec!["layer".to_string()],
-        args_of(&[
+    let command = torch_command(
+        "layer",
+        &[
             ("--rows", rows),
             ("--cols", columns),
             ("--tokens", n.tokens),
-            ("--bits", BITS as usize),
-            ("--group-size", GROUP),
-        ]),
-        vec!["--asym".to_string()],
-    ]
-    .concat();
+        ],
+    );
     compare_with_torch(args, &ours, &command, &groups);
     Ok(())
 }
@@ -398,27 +408,15 @@ fn decoder<B: Backend>(backend: &B, args: &Args, n: Sizes) -> Result<(), String>
         (inputs(n.tokens, h, 22), weights(2, i, h, 50)),
         (inputs(n.tokens, i, 23), weights(1, h, i, 60)),
     ];
-    let mut ours = Vec::new();
-    for (name, options) in [
-        ("default", SolveOptions::default()),
-        ("parity", SolveOptions::parity()),
-    ] {
-        let split = median_run(args.repeats, || decoder_run(backend, options, &groups))?;
-        split.print(name);
-        ours.push((name, split));
-    }
-    let command = [
-        vec!["decoder".to_string()],
-        args_of(&[
+    let ours = both_modes(backend, args, &groups)?;
+    let command = torch_command(
+        "decoder",
+        &[
             ("--hidden", h),
             ("--intermediate", i),
             ("--tokens", n.tokens),
-            ("--bits", BITS as usize),
-            ("--group-size", GROUP),
-        ]),
-        vec!["--asym".to_string()],
-    ]
-    .concat();
+        ],
+    );
     compare_with_torch(args, &ours, &command, &groups);
     Ok(())
 }
