@@ -390,18 +390,7 @@ impl Session<'_> {
         what: &str,
     ) -> Result<Vec<T>> {
         let mut out = vec![T::default(); len];
-        if len == 0 {
-            return Ok(out);
-        }
-        if len > src.len() {
-            return Err(backend_error(format!(
-                "internal error: {len} values of {what} asked from a buffer of {}",
-                src.len()
-            )));
-        }
-        self.stream()
-            .memcpy_dtoh(&src.slice(..len), &mut out)
-            .context(|| format!("cannot copy {what} from the GPU"))?;
+        self.download_into(src, &mut out, what)?;
         Ok(out)
     }
 
