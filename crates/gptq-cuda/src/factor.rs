@@ -220,14 +220,7 @@ pub(crate) fn damped_inverse_factor(
         }
         .result()
         .context(|| "cuSOLVER's Cholesky factorization failed".into())?;
-        let status = session.download(&info, 1, "cuSOLVER's status")?[0];
-        if status < 0 {
-            return Err(backend_error(format!(
-                "cuSOLVER's Cholesky factorization rejected argument {}",
-                -status
-            )));
-        }
-        if status > 0 {
+        if !solver_succeeded(&session, &info, "Cholesky factorization")? {
             // A non-positive pivot: more damping.
             continue;
         }
@@ -251,14 +244,8 @@ pub(crate) fn damped_inverse_factor(
         }
         .result()
         .context(|| "cuSOLVER's triangular inverse failed".into())?;
-        let status = session.download(&info, 1, "cuSOLVER's status")?[0];
-        if status < 0 {
-            return Err(backend_error(format!(
-                "cuSOLVER's triangular inverse rejected argument {}",
-                -status
-            )));
-        }
-        if status > 0 {
+        if !solver_succeeded(&session, &info, "triangular inverse")? {
+            // A zero on the diagonal: more damping.
             continue;
         }
 
@@ -305,4 +292,18 @@ pub(crate) fn damped_inverse_factor(
         ));
     }
     Err(GptqError::NotPositiveDefinite { columns: n, tried })
+}
+
+/// Reads a cuSOLVER routine's `info`: `Ok(true)` when it succeeded, `Ok(false)` when the matrix
+/// stopped it (a non-positive pivot, a zero diagonal: the caller damps more), and an error when
+/// it rejected one of its arguments (a bug here, not a property of the Hessian).
+fn solver_succeeded(session: &Session, info: &CudaSlice<i32>, routine: &str) -> Result<bool> {
+    let status = session.download(info, 1, "cuSOLVER's status")?[0];
+    if status < 0 {
+        return Err(backend_error(format!(
+            "cuSOLVER's {routine} rejected argument {}",
+            -status
+        )));
+    }
+    Ok(status == 0)
 }
