@@ -197,12 +197,17 @@ def run_layer(args):
         if rep > 0:  # the first run warms up kernels and allocators
             results.append((total, timer.totals, loss, quadratic))
 
+    print_median(results, f"{args.rows}x{args.cols} tokens {args.tokens} w{args.bits} "
+                 f"g{args.group_size}", device, args.repeats)
+
+
+def print_median(results, name, device, repeats):
+    """Prints, as one JSON line, the run of median time among (total, split, loss, quadratic)."""
     results.sort(key=lambda r: r[0])
     total, split, loss, quadratic = results[len(results) // 2]
-    name = f"{args.rows}x{args.cols} tokens {args.tokens} w{args.bits} g{args.group_size}"
     print(json.dumps({"layer": name, "device": str(device), "median_seconds": total,
                       "split": split, "loss": loss, "quadratic_loss": quadratic,
-                      "repeats": args.repeats}))
+                      "repeats": repeats}))
 
 
 def read_f32(data, name, rows, cols):
@@ -287,12 +292,8 @@ def run_decoder(args):
         if rep > 0:  # the first run warms up kernels and allocators
             results.append((total, timer.totals, loss_total, quadratic_total))
 
-    results.sort(key=lambda r: r[0])
-    total, split, loss, quadratic = results[len(results) // 2]
-    name = f"decoder hidden {h} intermediate {i} tokens {args.tokens} w{args.bits} g{args.group_size}"
-    print(json.dumps({"layer": name, "device": str(device), "median_seconds": total,
-                      "split": split, "loss": loss, "quadratic_loss": quadratic,
-                      "repeats": args.repeats}))
+    print_median(results, f"decoder hidden {h} intermediate {i} tokens {args.tokens} "
+                 f"w{args.bits} g{args.group_size}", device, args.repeats)
 
 
 # ---------------------------------------------------------------------------------------------
