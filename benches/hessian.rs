@@ -2,7 +2,8 @@
 //!
 //! `cargo bench -p gptq-benches --bench hessian`. Throughput is in flops: `2·n³` for the GEMM and
 //! `2·n²·tokens` for the Hessian (the flops of the full product XᵀX; the accumulator computes
-//! only its lower triangle, so its useful rate is half the reported one).
+//! only its lower triangle, so its useful rate is half the reported one). `bf16` rounds the
+//! activations to bf16 and runs the AVX512-BF16 kernels where the CPU has them.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gptq::{
@@ -29,6 +30,7 @@ fn bench(c: &mut Criterion) {
         for (label, precision) in [
             ("f64", HessianPrecision::F64),
             ("f32", HessianPrecision::F32),
+            ("bf16", HessianPrecision::Bf16),
         ] {
             let name = format!(
                 "accumulate {} cols x {} tokens {label}",

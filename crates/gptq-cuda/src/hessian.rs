@@ -177,6 +177,12 @@ impl CudaHessianAccumulator {
                 sum: session.zeros(columns * columns, "the Hessian sum")?,
                 widened: session.zeros(chunk_tokens * columns, "the activation chunk")?,
             },
+            HessianPrecision::Bf16 => {
+                return Err(GptqError::Unsupported {
+                    backend: "cuda",
+                    what: "bf16 Hessian products (a CPU option; use f32 or f64)".into(),
+                });
+            }
         };
         let chunk = session.zeros(chunk_tokens * columns, "the activation chunk")?;
         drop(session);

@@ -111,6 +111,7 @@ impl CpuHessianAccumulator {
         let sum = match options.precision {
             HessianPrecision::F64 => LowerSum::F64(Accumulation::new(columns)),
             HessianPrecision::F32 => LowerSum::F32(Accumulation::new(columns)),
+            HessianPrecision::Bf16 => LowerSum::F32(Accumulation::new(columns).rounding_to_bf16()),
         };
         Ok(CpuHessianAccumulator {
             columns,
@@ -239,6 +240,19 @@ struct Accumulation<T> {
     chunk: Vec<T>,
     capacity: usize,
     filled: usize,
+    /// Multiply bf16-rounded tokens ([`crate::bf16`]) converted into these buffers; only ever
+    /// set for f32 sums.
+    bf16: Option<crate::bf16::Buffers>,
+}
+
+impl Accumulation<f32> {
+    /// The same accumulation on bf16-rounded tokens.
+    fn rounding_to_bf16(self) -> Self {
+        Accumulation {
+            bf16: Some(Default::default()),
+            ..self
+        }
+    }
 }
 
 impl<T: SumFloat> Accumulation<T> {
@@ -249,6 +263,7 @@ impl<T: SumFloat> Accumulation<T> {
             chunk: vec![T::default(); chunk_tokens(columns) * columns],
             capacity: chunk_tokens(columns),
             filled: 0,
+            bf16: None,
         }
     }
 
@@ -274,7 +289,16 @@ impl<T: SumFloat> Accumulation<T> {
 
     /// Multiplies the buffered tokens into the sum.
     fn flush(&mut self, par: Par) {
-        if self.filled > 0 {
+        if let (true, Some(buffers)) = (self.filled > 0, &mut self.bf16) {
+            let (tokens, n, stride) = (self.filled, self.columns, self.capacity);
+            let sum = T::as_f32_mut(&mut self.sum).expect("bf16 products sum in f32");
+            let chunk = T::as_f32_mut(&mut self.chunk).expect("bf16 products sum in f32");
+            let shape = (tokens, n, stride);
+            crate::bf16::add_gram(sum, chunk, shape, par, buffers, |sum, chunk| {
+                f32::add_gram(sum, chunk, tokens, n, stride, par)
+            });
+            self.filled = 0;
+        } else if self.filled > 0 {
             T::add_gram(
                 &mut self.sum,
                 &self.chunk,

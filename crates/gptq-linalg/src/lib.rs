@@ -11,6 +11,8 @@
 //!   inverse.
 //! - [`quadratic_loss`]: `tr(D H Dᵀ)` from half of `H`.
 //! - [`sub_product`]: `C -= A · B` on row-major matrices, the lazy-batch update.
+//! - [`bf16`](mod@bf16): products of bf16-rounded operands summed in f32, on AVX512-BF16 kernels
+//!   where the CPU has them (the forward products and Hessians of a calibration run, optionally).
 //! - [`reference`](mod@reference): plain loops that compute the same things, the oracle of the tests.
 //!
 //! ```
@@ -27,6 +29,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bf16;
 mod factor;
 mod hessian;
 mod loss;

@@ -23,6 +23,16 @@ pub fn hessian(batches: &[(ArrayView2<'_, f32>, usize)]) -> Array2<f64> {
     h
 }
 
+/// `x · wᵀ` of the operands rounded to bf16 (nearest even), summed in f64: what
+/// [`crate::bf16::x_wt`] computes up to its f32 sums. `x` is `[m, k]`, `w` is `[n, k]`.
+pub fn x_wt_bf16(x: ArrayView2<'_, f32>, w: ArrayView2<'_, f32>) -> Array2<f64> {
+    let round = |v: f32| f64::from(half::bf16::from_f32(v).to_f32());
+    let (x, w) = (x.mapv(round), w.mapv(round));
+    Array2::from_shape_fn((x.nrows(), w.nrows()), |(i, j)| {
+        x.row(i).iter().zip(w.row(j)).map(|(a, b)| a * b).sum()
+    })
+}
+
 /// The reference's inverse factor: fix dead columns, permute, damp, then
 /// `U = chol_upper(inv(chol(H) chol(H)ᵀ))` with textbook Cholesky and triangular solves.
 /// Returns `None` when a pivot is not positive.

@@ -94,7 +94,7 @@ pub fn check_packable(bits: u8, rows: usize, columns: usize) -> Result<()> {
             "the GPTQ checkpoint format stores 2, 3, 4 or 8 bits, not {bits}"
         )));
     }
-    let per_word = |n: usize| n * bits as usize % 32 == 0;
+    let per_word = |n: usize| (n * bits as usize).is_multiple_of(32);
     if !per_word(columns) || !per_word(rows) {
         let multiple = 32 / gcd(32, bits as usize);
         return Err(GptqError::Packing(format!(

@@ -107,8 +107,8 @@ pub fn gptq(
         let block_start = w.clone();
         let mut errors = Array2::<f64>::zeros((rows, end - start));
         for i in start..end {
-            if let (None, GroupSize::Columns(g)) = (&fixed_slot, config.group_size()) {
-                if i % g == 0 {
+            if let (None, GroupSize::Columns(g)) = (&fixed_slot, config.group_size())
+                && i % g == 0 {
                     let source = if parity { &block_start } else { &w };
                     let g_end = (i + g).min(n);
                     let position_importance: Vec<f32> = (i..g_end)
@@ -125,7 +125,6 @@ pub fn gptq(
                         })
                         .collect();
                 }
-            }
             let slot = match (&fixed_slot, config.group_size()) {
                 (Some(slots), _) => slots[i],
                 (None, size) => i / size.columns_per_group(n),

@@ -1,0 +1,566 @@
+//! Matrix products of bf16-rounded operands, summed in f32: the calibration products on CPUs
+//! whose bf16 dot-product instructions (AVX512-BF16) run twice as many flops per cycle as f32
+//! fused multiply-adds.
+//!
+//! Both operands are rounded to bf16 (8 significant bits, nearest even) and each product of two
+//! bf16 is exact in f32, so the only difference from the f32 products is the rounding of the
+//! operands, a relative 2⁻⁹ per element: the precision the model's own bf16 weights were stored
+//! in, and coarser than the f16 forward passes the reference implementation runs on a GPU. The
+//! sums stay f32.
+//!
+//! Where the CPU lacks AVX512-BF16 the same products are computed by rounding the operands and
+//! running faer's f32 product: the same numbers up to the order of the f32 sums, without the
+//! speed. [`kernels_available`] says which one runs.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::ops::Range;
+
+use faer::{Accum, Par};
+use gptq_core::{ForwardProducts, Result, check_x_wt};
+use half::bf16;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
+
+use crate::matmul::{faer_mut, faer_ref};
+
+/// Columns of a packed panel: four 16-lane registers.
+const PANEL: usize = 64;
+
+/// Rows of the output per work item: enough micro-tiles to reuse each panel block from L1 many
+/// times, few enough that two threads get many items to share.
+const CHUNK_ROWS: usize = 192;
+
+/// Pairs of the shared dimension per pass over the work items: a row chunk's slice of `A`
+/// (192 rows × 512 pairs, 384 KiB) and a panel's (128 KiB) stay in a 1 MiB L2 cache while
+/// consecutive items reuse them. Without this split a Hessian's long token dimension streams
+/// `A` from L3 for every panel.
+const PASS_PAIRS: usize = 512;
+
+/// Whether this CPU runs the bf16 kernels (x86-64 with AVX-512F and AVX512-BF16, e.g. AMD Zen 4
+/// or Intel Cooper Lake and later); otherwise the products fall back to rounded f32 products.
+pub fn kernels_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as f32.
+pub fn round_bf16(v: f32) -> f32 {
+    bf16::from_f32(v).to_f32()
+}
+
+/// `out = x · wᵀ` (or `out += x · wᵀ` when `accumulate`) with `x` and `w` rounded to bf16 and the
+/// sums in f32: `x` is `[m, k]`, `w` is `[n, k]`, `out` is `[m, n]`, any strides.
+///
+/// ```
+/// use gptq_linalg::{Par, bf16};
+/// use ndarray::{Array2, array};
+///
+/// let x = array![[1.0f32, 2.0], [3.0, 1.0 + 1.0 / 1024.0]]; // 1 + 2⁻¹⁰ rounds to 1 in bf16
+/// let w = array![[1.0f32, 1.0]];
+/// let mut out = Array2::zeros((2, 1));
+/// bf16::x_wt(x.view(), w.view(), out.view_mut(), false, Par::Seq)?;
+/// assert_eq!(out, array![[3.0], [4.0]]);
+/// # Ok::<(), gptq_core::GptqError>(())
+/// ```
+pub fn x_wt(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    mut out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+    par: Par,
+) -> Result<()> {
+    check_x_wt(&x, &w, &out)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    if x.ncols() == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
+        return Ok(());
+    }
+    if !kernels_available() {
+        return x_wt_portable(x, w, out, accumulate, par);
+    }
+    let unit_columns = out.strides()[1] == 1 && out.strides()[0] >= 0;
+    if !unit_columns {
+        // Row-major whatever `out`'s layout (`to_owned` would keep a column-major one).
+        let mut dense = Array2::zeros(out.dim());
+        if accumulate {
+            dense.assign(&out);
+        }
+        kernel_x_wt(x, w, dense.view_mut(), accumulate, par);
+        out.assign(&dense);
+        return Ok(());
+    }
+    kernel_x_wt(x, w, out, accumulate, par);
+    Ok(())
+}
+
+/// The forward products of a model in bf16 (see [`x_wt`]), for a backend to hand out through
+/// `Backend::forward_products`.
+#[derive(Debug, Clone, Copy)]
+pub struct Bf16Products {
+    par: Par,
+}
+
+impl Bf16Products {
+    /// Products run with `par`.
+    pub fn new(par: Par) -> Self {
+        Bf16Products { par }
+    }
+}
+
+impl ForwardProducts for Bf16Products {
+    fn x_wt(
+        &self,
+        x: ArrayView2<'_, f32>,
+        w: ArrayView2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        x_wt(x, w, out, accumulate, self.par)
+    }
+}
+
+/// `sum += xᵀ x` on (at least) the lower triangle of the column-major `n × n` `sum`, with `x` the
+/// column-major `tokens × n` matrix of column stride `stride` in `chunk` (`shape` is
+/// `(tokens, n, stride)`), rounded to bf16: the Hessian accumulator's product. Without the
+/// kernels `chunk` is rounded in place and `f32_gram` multiplies it.
+/// `buffers` holds the converted tokens between calls.
+pub(crate) fn add_gram(
+    sum: &mut [f32],
+    chunk: &mut [f32],
+    shape: (usize, usize, usize),
+    par: Par,
+    buffers: &mut Buffers,
+    f32_gram: impl FnOnce(&mut [f32], &[f32]),
+) {
+    add_gram_with(
+        kernels_available(),
+        sum,
+        chunk,
+        shape,
+        par,
+        buffers,
+        f32_gram,
+    )
+}
+
+/// [`add_gram`] with the kernels or without them (where they exist, so that both are tested);
+/// `shape` is (tokens, n, stride).
+fn add_gram_with(
+    kernels: bool,
+    sum: &mut [f32],
+    chunk: &mut [f32],
+    shape: (usize, usize, usize),
+    par: Par,
+    buffers: &mut Buffers,
+    f32_gram: impl FnOnce(&mut [f32], &[f32]),
+) {
+    let (tokens, n, stride) = shape;
+    if tokens == 0 {
+        return;
+    }
+    if !kernels {
+        for column in chunk.chunks_mut(stride).take(n) {
+            column[..tokens]
+                .iter_mut()
+                .for_each(|v| *v = round_bf16(*v));
+        }
+        f32_gram(sum, chunk);
+        return;
+    }
+    kernel_gram(sum, chunk, shape, par, buffers);
+}
+
+/// [`x_wt`] without the kernels, what it runs on CPUs that lack them: faer's f32 product of the
+/// rounded operands (the same numbers up to the order of the f32 sums, at the f32 speed).
+pub fn x_wt_portable(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+    par: Par,
+) -> Result<()> {
+    check_x_wt(&x, &w, &out)?;
+    let (x, w) = (x.mapv(round_bf16), w.mapv(round_bf16));
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    faer::linalg::matmul::matmul(
+        faer_mut(out),
+        accum,
+        faer_ref(x.view()),
+        faer_ref(w.view()).transpose(),
+        1.0f32,
+        par,
+    );
+    Ok(())
+}
+
+/// Memory of the converted operands, kept between products: allocating it afresh for each
+/// product cost page faults and TLB shootdowns worth a third of a Hessian's time.
+#[derive(Default)]
+pub(crate) struct Buffers {
+    rows: Vec<u32>,
+    weights: Vec<u32>,
+    panels: Vec<u32>,
+}
+
+impl std::fmt::Debug for Buffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = 4 * (self.rows.capacity() + self.weights.capacity() + self.panels.capacity());
+        write!(f, "Buffers({bytes} bytes)")
+    }
+}
+
+thread_local! {
+    /// The buffers of [`x_wt`] on the calling thread.
+    static SCRATCH: std::cell::RefCell<Buffers> = std::cell::RefCell::default();
+}
+
+/// `buffer` resized to `len` (new elements zero; old contents left for the caller to overwrite).
+fn recycled(mut buffer: Vec<u32>, len: usize) -> Vec<u32> {
+    buffer.resize(len, 0);
+    buffer
+}
+
+/// Rows of a matrix as bf16 pairs along each row (`pairs` per row, the last one padded with a
+/// zero when the row length is odd), row-major.
+struct RowPairs {
+    data: Vec<u32>,
+    rows: usize,
+    pairs: usize,
+}
+
+/// `count` rows of `len` pairs in panels of [`PANEL`] rows: entry `(panel, pair, j)` holds pair
+/// `pair` of row `PANEL · panel + j` (zero past the last row), so that one pair index reads 64
+/// consecutive values.
+struct PackedPanels {
+    data: Vec<u32>,
+    pairs: usize,
+}
+
+impl PackedPanels {
+    fn panels(&self) -> usize {
+        self.data.len() / (self.pairs * PANEL)
+    }
+
+    /// Panel `p`: `pairs × 64`.
+    fn panel(&self, p: usize) -> &[u32] {
+        &self.data[p * self.pairs * PANEL..(p + 1) * self.pairs * PANEL]
+    }
+
+    /// The rows of `a` packed into panels, in `buffer`'s memory.
+    fn from_rows(a: &RowPairs, par: Par, buffer: Vec<u32>) -> Self {
+        let pairs = a.pairs;
+        let panels = a.rows.div_ceil(PANEL);
+        let mut data = recycled(buffer, panels * pairs * PANEL);
+        let fill = |(p, panel): (usize, &mut [u32])| {
+            let first = p * PANEL;
+            let rows = PANEL.min(a.rows - first);
+            if rows < PANEL {
+                // Zero columns past the last row: the kernel multiplies them too.
+                for pair in panel.chunks_mut(PANEL) {
+                    pair[rows..].fill(0);
+                }
+            }
+            for j in 0..rows {
+                let row = &a.data[(first + j) * pairs..(first + j + 1) * pairs];
+                for (pair, &value) in row.iter().enumerate() {
+                    panel[pair * PANEL + j] = value;
+                }
+            }
+        };
+        for_each_chunk(&mut data, pairs * PANEL, par, fill);
+        PackedPanels { data, pairs }
+    }
+}
+
+/// Runs `f(index, chunk)` on consecutive `size`-element chunks of `data`, on rayon's threads
+/// unless `par` is sequential.
+fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    size: usize,
+    par: Par,
+    f: impl Fn((usize, &mut [T])) + Send + Sync,
+) {
+    match par {
+        Par::Seq => data.chunks_mut(size).enumerate().for_each(f),
+        _ => data.par_chunks_mut(size).enumerate().for_each(f),
+    }
+}
+
+/// One unit of parallel work: rows `rows` of the output against panel `panel`.
+type WorkItem = (usize, Range<usize>);
+
+/// A raw output shared by work items that write disjoint parts of it.
+#[derive(Clone, Copy)]
+struct SharedOutput {
+    ptr: *mut f32,
+    stride: usize,
+    columns: usize,
+}
+
+// SAFETY: work items are built so that no two of them write the same element, and the output
+// outlives the parallel loop that uses it.
+unsafe impl Send for SharedOutput {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOutput {}
+
+impl SharedOutput {
+    /// Columns left from column `first` (which must be inside the output), at most a panel.
+    fn panel_columns(&self, first: usize) -> usize {
+        (self.columns - first).min(PANEL)
+    }
+
+    /// The output from column `first` of row 0 on (methods, not fields, so that closures
+    /// capture the whole `Sync` struct rather than its raw pointer).
+    #[cfg(target_arch = "x86_64")]
+    fn at_column(&self, first: usize) -> x86::Output {
+        x86::Output {
+            // SAFETY: column `first` of row 0 lies inside the output (first < columns).
+            ptr: unsafe { self.ptr.add(first) },
+            stride: self.stride,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl RowPairs {
+    /// The rows of `x`, converted by the kernel into `buffer`'s memory.
+    fn from_rows(x: ArrayView2<'_, f32>, par: Par, buffer: Vec<u32>) -> Self {
+        let (rows, len) = x.dim();
+        let pairs = len.div_ceil(2);
+        let mut data = recycled(buffer, rows * pairs);
+        for_each_chunk(&mut data, pairs, par, |(r, out)| {
+            let row = x.row(r);
+            match row.as_slice() {
+                // SAFETY: only called when `kernels_available()`.
+                Some(values) => unsafe { x86::to_pairs(values, out) },
+                None => unsafe { x86::to_pairs(&row.to_vec(), out) },
+            }
+        });
+        RowPairs { data, rows, pairs }
+    }
+
+    /// The columns of a column-major matrix (`columns` of `len` values, column `j` at
+    /// `chunk[j * stride..]`) as rows, converted by the kernel into `buffer`'s memory.
+    fn from_columns(
+        chunk: &[f32],
+        (columns, len, stride): (usize, usize, usize),
+        par: Par,
+        buffer: Vec<u32>,
+    ) -> Self {
+        let pairs = len.div_ceil(2);
+        let mut data = recycled(buffer, columns * pairs);
+        for_each_chunk(&mut data, pairs, par, |(j, out)| {
+            // SAFETY: only called when `kernels_available()`.
+            unsafe { x86::to_pairs(&chunk[j * stride..j * stride + len], out) }
+        });
+        RowPairs {
+            data,
+            rows: columns,
+            pairs,
+        }
+    }
+}
+
+/// Runs the work items with the kernel.
+#[cfg(target_arch = "x86_64")]
+fn run_items(
+    a: &RowPairs,
+    b: &PackedPanels,
+    items: &[WorkItem],
+    out: SharedOutput,
+    accumulate: bool,
+    par: Par,
+) {
+    for start in (0..a.pairs).step_by(PASS_PAIRS) {
+        let pairs = start..(start + PASS_PAIRS).min(a.pairs);
+        let add = accumulate || start > 0;
+        let run = |(panel, rows): &WorkItem| {
+            let first = panel * PANEL;
+            let (columns, target) = (out.panel_columns(first), out.at_column(first));
+            let tile = x86::Tile {
+                rows: rows.clone(),
+                pairs: pairs.clone(),
+                panel: *panel,
+                columns,
+                accumulate: add,
+            };
+            // SAFETY: kernels are available (checked by every caller); the item's rows and
+            // columns lie inside the output and no other item writes them.
+            unsafe { x86::panel_product(a, b, target, tile) };
+        };
+        match par {
+            Par::Seq => items.iter().for_each(run),
+            _ => items.par_iter().for_each(run),
+        }
+    }
+}
+
+/// [`x_wt`] on the kernel, `out` having unit column stride.
+#[cfg(target_arch = "x86_64")]
+fn kernel_x_wt(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    mut out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+    par: Par,
+) {
+    let (m, n) = out.dim();
+    assert!(
+        out.strides()[1] == 1 && out.strides()[0] >= 0,
+        "the kernel writes rows of unit column stride"
+    );
+    let mut buffers = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let a = RowPairs::from_rows(x, par, std::mem::take(&mut buffers.rows));
+    let w = RowPairs::from_rows(w, par, std::mem::take(&mut buffers.weights));
+    let b = PackedPanels::from_rows(&w, par, std::mem::take(&mut buffers.panels));
+    // Row chunks outside, panels inside: consecutive items share their rows of `a` in cache.
+    let items: Vec<WorkItem> = (0..m)
+        .step_by(CHUNK_ROWS)
+        .flat_map(|r| (0..b.panels()).map(move |p| (p, r..(r + CHUNK_ROWS).min(m))))
+        .collect();
+    let out = SharedOutput {
+        ptr: out.as_mut_ptr(),
+        stride: out.strides()[0] as usize,
+        columns: n,
+    };
+    run_items(&a, &b, &items, out, accumulate, par);
+    buffers.rows = a.data;
+    buffers.weights = w.data;
+    buffers.panels = b.data;
+    SCRATCH.with(|s| *s.borrow_mut() = buffers);
+}
+
+/// [`add_gram`] on the kernel. The sum is column-major with the lower triangle valid, which is
+/// the row-major upper triangle: row `r` of the row-major view needs columns `c ≥ r`, so panel
+/// `p` (columns `64p..64p + 64`) needs rows `0..64p + 64`. The few entries below the diagonal
+/// inside those tiles are written too and never read.
+#[cfg(target_arch = "x86_64")]
+fn kernel_gram(
+    sum: &mut [f32],
+    chunk: &[f32],
+    (tokens, n, stride): (usize, usize, usize),
+    par: Par,
+    buffers: &mut Buffers,
+) {
+    let a = RowPairs::from_columns(
+        chunk,
+        (n, tokens, stride),
+        par,
+        std::mem::take(&mut buffers.rows),
+    );
+    let b = PackedPanels::from_rows(&a, par, std::mem::take(&mut buffers.panels));
+    // Row chunks outside, as for `x_wt`; a chunk starting at row r needs the panels from the
+    // one holding column r on, each down to its last column.
+    let panels = b.panels();
+    let items: Vec<WorkItem> = (0..n)
+        .step_by(CHUNK_ROWS)
+        .flat_map(|r| {
+            (r / PANEL..panels).map(move |p| (p, r..(r + CHUNK_ROWS).min((p + 1) * PANEL).min(n)))
+        })
+        .collect();
+    assert_eq!(sum.len(), n * n, "Hessian sum of the wrong size");
+    let out = SharedOutput {
+        ptr: sum.as_mut_ptr(),
+        stride: n,
+        columns: n,
+    };
+    run_items(&a, &b, &items, out, true, par);
+    buffers.rows = a.data;
+    buffers.panels = b.data;
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel_x_wt(
+    _x: ArrayView2<'_, f32>,
+    _w: ArrayView2<'_, f32>,
+    _out: ArrayViewMut2<'_, f32>,
+    _accumulate: bool,
+    _par: Par,
+) {
+    unreachable!("kernels_available() is false off x86-64")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn kernel_gram(_: &mut [f32], _: &[f32], _: (usize, usize, usize), _: Par, _: &mut Buffers) {
+    unreachable!("kernels_available() is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `xᵀx` of the rounded column-major `x` in f64, lower triangle.
+    fn plain_gram(chunk: &[f32], tokens: usize, n: usize, stride: usize) -> Vec<f64> {
+        let value = |t: usize, j: usize| f64::from(round_bf16(chunk[j * stride + t]));
+        let mut sum = vec![0.0; n * n];
+        for j in 0..n {
+            for i in j..n {
+                sum[j * n + i] = (0..tokens).map(|t| value(t, i) * value(t, j)).sum();
+            }
+        }
+        sum
+    }
+
+    /// Both ways of [`add_gram`] against the plain sums, on a buffer wider than its tokens.
+    #[test]
+    fn gram_with_and_without_kernels() {
+        let (tokens, n, stride) = (37, 70, 40);
+        let x = gptq_core::testing::seeded_matrix(n, stride, 9, 1.0);
+        let expected = plain_gram(x.as_slice().unwrap(), tokens, n, stride);
+        let ways = if kernels_available() {
+            vec![false, true]
+        } else {
+            vec![false]
+        };
+        for kernels in ways {
+            let mut chunk = x.as_slice().unwrap().to_vec();
+            let mut sum = vec![0.0f32; n * n];
+            let f32_gram = |sum: &mut [f32], chunk: &[f32]| {
+                for j in 0..n {
+                    for i in j..n {
+                        let column = |c: usize| &chunk[c * stride..c * stride + tokens];
+                        let dot: f32 = column(i).iter().zip(column(j)).map(|(a, b)| a * b).sum();
+                        sum[j * n + i] += dot;
+                    }
+                }
+            };
+            let mut buffers = Buffers::default();
+            let shape = (tokens, n, stride);
+            add_gram_with(
+                kernels,
+                &mut sum,
+                &mut chunk,
+                shape,
+                Par::Seq,
+                &mut buffers,
+                f32_gram,
+            );
+            for j in 0..n {
+                for i in j..n {
+                    let (got, want) = (f64::from(sum[j * n + i]), expected[j * n + i]);
+                    assert!(
+                        (got - want).abs() < 1e-4,
+                        "kernels {kernels}: ({i}, {j}) {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}
