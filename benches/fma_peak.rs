@@ -5,6 +5,7 @@
 //!
 //! `cargo run --release -p gptq-benches --bin fma_peak [-- THREADS]` prints GFLOP/s on one
 //! thread, then on THREADS threads at once (all cores by default); x86-64 with AVX2 and FMA only.
+//! On CPUs with AVX512-BF16 it measures the bf16 dot products' peak the same way.
 
 use std::time::Instant;
 
@@ -39,14 +40,60 @@ fn fma_chains(steps: u64) -> f32 {
     sum
 }
 
-/// GFLOP/s of one thread running the chains.
+/// The same chains of 512-bit bf16 dot products (`VDPBF16PS`: 16 lanes, each adding two
+/// products, 64 flops per instruction), the peak of the bf16 products of `gptq_linalg::bf16`.
 #[cfg(target_arch = "x86_64")]
-fn one_thread() -> f64 {
+#[target_feature(enable = "avx512f,avx512bf16")]
+fn bf16_chains(steps: u64) -> f32 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_ps(); CHAINS];
+    // Pairs of bf16 near one (0x3f80 = 1.0, 0x3f7f just below): the sums grow slowly.
+    let a: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(0x3f80_3f80)) };
+    let b: __m512bh = unsafe { std::mem::transmute(_mm512_set1_epi32(0x3f7f_3f7f)) };
+    for _ in 0..steps {
+        for c in acc.iter_mut() {
+            *c = _mm512_dpbf16_ps(*c, a, b);
+        }
+    }
+    acc.iter().map(|&c| _mm512_reduce_add_ps(c)).sum()
+}
+
+/// GFLOP/s of one thread running the f32 FMA chains, or the bf16 ones.
+#[cfg(target_arch = "x86_64")]
+fn one_thread(bf16: bool) -> f64 {
     let start = Instant::now();
-    // SAFETY: main only calls this after detecting AVX2 and FMA.
-    let sum = unsafe { fma_chains(STEPS) };
+    // SAFETY: main only calls these after detecting AVX2 and FMA, or AVX-512F and BF16.
+    let (sum, flops) = if bf16 {
+        (
+            unsafe { bf16_chains(STEPS / 2) },
+            STEPS / 2 * (CHAINS * 64) as u64,
+        )
+    } else {
+        (
+            unsafe { fma_chains(STEPS) },
+            STEPS * (CHAINS * LANES * 2) as u64,
+        )
+    };
     std::hint::black_box(sum);
-    (STEPS * (CHAINS * LANES * 2) as u64) as f64 / start.elapsed().as_secs_f64() / 1e9
+    flops as f64 / start.elapsed().as_secs_f64() / 1e9
+}
+
+/// Prints the peak on one thread, then on `threads` threads at once.
+#[cfg(target_arch = "x86_64")]
+fn report(label: &str, threads: usize, bf16: bool) {
+    println!("{label}, 1 thread: {:.1} GFLOP/s", one_thread(bf16));
+    let each: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| s.spawn(move || one_thread(bf16)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let per_thread: Vec<String> = each.iter().map(|g| format!("{g:.1}")).collect();
+    println!(
+        "{label}, {threads} threads at once: {:.1} GFLOP/s (per thread {})",
+        each.iter().sum::<f64>(),
+        per_thread.join(", ")
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -59,17 +106,12 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    println!("1 thread: {:.1} GFLOP/s", one_thread());
-    let each: Vec<f64> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(one_thread)).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let per_thread: Vec<String> = each.iter().map(|g| format!("{g:.1}")).collect();
-    println!(
-        "{threads} threads at once: {:.1} GFLOP/s (per thread {})",
-        each.iter().sum::<f64>(),
-        per_thread.join(", ")
-    );
+    report("f32 FMA", threads, false);
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {
+        report("bf16 dot products (AVX512-BF16)", threads, true);
+    } else {
+        println!("bf16 dot products: this CPU lacks AVX512-BF16");
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]

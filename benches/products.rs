@@ -6,8 +6,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Accum, Par};
+use gptq::linalg::bf16;
 use gptq::testing::core::seeded_matrix;
-use gptq_linalg::bf16;
 use ndarray::Array2;
 
 /// (name, input features, output features) of the linears.

@@ -8,6 +8,7 @@
 #   --no-true-sequential  PyTorch quantizes a layer's seven linears against the inputs of its
 #                         full-precision forward pass (the reference implementation's default);
 #                         gptq-rs runs that way and then in its default true-sequential order
+# gptq-rs runs last once more true-sequential with `--products bf16 --hessian bf16`.
 # (needs ../shared; sets up the Python environment of scripts/hf_check.sh if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,16 +39,22 @@ start=$SECONDS
 echo "torch wall time $((SECONDS - start)) s (quantize + evaluate)"
 
 # gptq-rs in the same organisation as PyTorch; after the reference's default organisation, also
-# in gptq-rs's own default (true-sequential), which is what a user runs.
+# in gptq-rs's own default (true-sequential), which is what a user runs; last, true-sequential
+# with bf16 calibration products (AVX512-BF16 kernels where the CPU has them).
 runs=("${order[*]}")
 if [[ ${#order[@]} -gt 0 ]]; then
   runs+=("")
 fi
+runs+=("--products bf16 --hessian bf16")
 for flags in "${runs[@]}"; do
-  name=w3g128-asym${flags:+-no-true-sequential}
+  case $flags in
+    --no-true-sequential) name=w3g128-asym-no-true-sequential ;;
+    --products*) name=w3g128-asym-bf16 ;;
+    *) name=w3g128-asym ;;
+  esac
   echo "== gptq-rs ${flags:-(true-sequential)}"
   rm -rf "${out:?}/$name"
-  # shellcheck disable=SC2086 # $flags is empty or one flag
+  # shellcheck disable=SC2086 # $flags is empty or whole flags
   target/release/gptq quantize --model "$model" --calib "$calib" --out "$out/$name" \
     --bits 3 --group-size 128 --asym --threads 2 $flags --report "$out/$name.json" 2>&1 \
     | tr '\r' '\n' | grep -E '^(quantized|time:|peak)'

@@ -54,9 +54,10 @@ fn configs(columns: usize) -> Vec<QuantConfig> {
             GroupSize::Columns(128),
         ] {
             if let GroupSize::Columns(g) = group
-                && g > columns {
-                    continue;
-                }
+                && g > columns
+            {
+                continue;
+            }
             for act_order in [false, true] {
                 let stat = act_order && k % 2 == 0;
                 out.push(config(bits, group, k % 2 == 1, act_order, stat));
@@ -285,7 +286,9 @@ fn accumulate<B: Backend>(backend: &B, precision: HessianPrecision) -> Array2<f6
     for k in 0..40u64 {
         let tokens = [1usize, 7, 300, 1500][k as usize % 4];
         let x = seeded_matrix(tokens, columns, k, 1.0);
-        let mask: Vec<bool> = (0..tokens).map(|t| !(t + k as usize).is_multiple_of(5)).collect();
+        let mask: Vec<bool> = (0..tokens)
+            .map(|t| !(t + k as usize).is_multiple_of(5))
+            .collect();
         let sequences = 1 + k as usize % 3;
         match k % 3 {
             0 => acc

@@ -216,7 +216,10 @@ impl DecoderLayer {
             }
         }
         let s = &self.shape;
-        if s.num_kv_heads == 0 || !s.num_heads.is_multiple_of(s.num_kv_heads) || !s.head_dim.is_multiple_of(2) {
+        if s.num_kv_heads == 0
+            || !s.num_heads.is_multiple_of(s.num_kv_heads)
+            || !s.head_dim.is_multiple_of(2)
+        {
             return Err(ModelError::InvalidArgument(format!(
                 "layer shape with {} heads, {} kv heads, head_dim {}: kv heads must divide \
                  heads and head_dim must be even",

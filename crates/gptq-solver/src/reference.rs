@@ -108,23 +108,24 @@ pub fn gptq(
         let mut errors = Array2::<f64>::zeros((rows, end - start));
         for i in start..end {
             if let (None, GroupSize::Columns(g)) = (&fixed_slot, config.group_size())
-                && i % g == 0 {
-                    let source = if parity { &block_start } else { &w };
-                    let g_end = (i + g).min(n);
-                    let position_importance: Vec<f32> = (i..g_end)
-                        .map(|k| (1.0 / (u[[k, k]] * u[[k, k]])) as f32)
-                        .collect();
-                    table[i / g] = (0..rows)
-                        .map(|r| {
-                            fit_one(
-                                &(i..g_end)
-                                    .map(|c| source[[r, c]] as f32)
-                                    .collect::<Vec<_>>(),
-                                &position_importance,
-                            )
-                        })
-                        .collect();
-                }
+                && i % g == 0
+            {
+                let source = if parity { &block_start } else { &w };
+                let g_end = (i + g).min(n);
+                let position_importance: Vec<f32> = (i..g_end)
+                    .map(|k| (1.0 / (u[[k, k]] * u[[k, k]])) as f32)
+                    .collect();
+                table[i / g] = (0..rows)
+                    .map(|r| {
+                        fit_one(
+                            &(i..g_end)
+                                .map(|c| source[[r, c]] as f32)
+                                .collect::<Vec<_>>(),
+                            &position_importance,
+                        )
+                    })
+                    .collect();
+            }
             let slot = match (&fixed_slot, config.group_size()) {
                 (Some(slots), _) => slots[i],
                 (None, size) => i / size.columns_per_group(n),
