@@ -11,6 +11,7 @@ use half::{bf16, f16};
 use ndarray::{Array2, ArrayView2};
 use rayon::prelude::*;
 
+use crate::bf16::PanelSum;
 use crate::transpose::{self, ColumnTile, Selection};
 
 /// Elements of the token buffer: tokens are multiplied in chunks of `BUFFER_ELEMENTS / columns`
@@ -82,6 +83,8 @@ impl Hessian {
 enum LowerSum {
     F64(Accumulation<f64>),
     F32(Accumulation<f32>),
+    /// bf16-rounded tokens on the AVX512-BF16 kernels.
+    Bf16(PanelSum),
 }
 
 /// Streams activation batches into a Hessian on the CPU.
@@ -111,7 +114,10 @@ impl CpuHessianAccumulator {
         let sum = match options.precision {
             HessianPrecision::F64 => LowerSum::F64(Accumulation::new(columns)),
             HessianPrecision::F32 => LowerSum::F32(Accumulation::new(columns)),
-            HessianPrecision::Bf16 => LowerSum::F32(Accumulation::new(columns).rounding_to_bf16()),
+            HessianPrecision::Bf16 => match PanelSum::new(columns, chunk_tokens(columns)) {
+                Some(sum) => LowerSum::Bf16(sum),
+                None => LowerSum::F32(Accumulation::new(columns).rounding_to_bf16()),
+            },
         };
         Ok(CpuHessianAccumulator {
             columns,
@@ -145,6 +151,7 @@ impl HessianAccumulator for CpuHessianAccumulator {
         match &mut self.sum {
             LowerSum::F64(sum) => sum.push(batch.data(), &kept, par),
             LowerSum::F32(sum) => sum.push(batch.data(), &kept, par),
+            LowerSum::Bf16(sum) => push_f32_rows(sum, batch.data(), &kept, par),
         }
         self.sequences += batch.sequence_count();
         self.tokens += kept.len();
@@ -162,11 +169,13 @@ impl HessianAccumulator for CpuHessianAccumulator {
         match &mut self.sum {
             LowerSum::F64(sum) => sum.flush(par),
             LowerSum::F32(sum) => sum.flush(par),
+            LowerSum::Bf16(sum) => sum.finish(par),
         }
         let scale = 2.0 / self.sequences as f64;
         let sum: Vec<f64> = match &self.sum {
             LowerSum::F64(s) => s.sum.clone(),
             LowerSum::F32(s) => s.sum.iter().map(|&v| f64::from(v)).collect(),
+            LowerSum::Bf16(s) => s.sum().iter().map(|&v| f64::from(v)).collect(),
         };
         // The sum is column-major: entry (i, j) with i >= j sits at j * n + i.
         let mut matrix = Array2::zeros((n, n));
@@ -182,6 +191,28 @@ impl HessianAccumulator for CpuHessianAccumulator {
             sequences: self.sequences,
         })
     }
+}
+
+/// Hands the kept tokens of `data` to the bf16 panel sum as row-major f32 (copied only when
+/// they are f16/bf16 or strided).
+fn push_f32_rows(sum: &mut PanelSum, data: ActivationData<'_>, kept: &[usize], par: Par) {
+    let converted;
+    let rows = match data {
+        ActivationData::F32(x) if x.is_standard_layout() => x,
+        ActivationData::F32(x) => {
+            converted = x.as_standard_layout().into_owned();
+            converted.view()
+        }
+        ActivationData::F16(x) => {
+            converted = x.mapv(f16::to_f32);
+            converted.view()
+        }
+        ActivationData::BF16(x) => {
+            converted = x.mapv(bf16::to_f32);
+            converted.view()
+        }
+    };
+    sum.push(rows.to_slice().expect("standard layout"), kept, par);
 }
 
 /// A float type the Hessian can be accumulated in.
@@ -240,16 +271,16 @@ struct Accumulation<T> {
     chunk: Vec<T>,
     capacity: usize,
     filled: usize,
-    /// Multiply bf16-rounded tokens ([`crate::bf16`]) converted into these buffers; only ever
-    /// set for f32 sums.
-    bf16: Option<crate::bf16::Buffers>,
+    /// Round the tokens to bf16 before the f32 product (the bf16 Hessian where the CPU lacks
+    /// the [`crate::bf16`] kernels); only ever set for f32 sums.
+    round_to_bf16: bool,
 }
 
 impl Accumulation<f32> {
     /// The same accumulation on bf16-rounded tokens.
     fn rounding_to_bf16(self) -> Self {
         Accumulation {
-            bf16: Some(Default::default()),
+            round_to_bf16: true,
             ..self
         }
     }
@@ -263,7 +294,7 @@ impl<T: SumFloat> Accumulation<T> {
             chunk: vec![T::default(); chunk_tokens(columns) * columns],
             capacity: chunk_tokens(columns),
             filled: 0,
-            bf16: None,
+            round_to_bf16: false,
         }
     }
 
@@ -289,16 +320,17 @@ impl<T: SumFloat> Accumulation<T> {
 
     /// Multiplies the buffered tokens into the sum.
     fn flush(&mut self, par: Par) {
-        if let (true, Some(buffers)) = (self.filled > 0, &mut self.bf16) {
-            let (tokens, n, stride) = (self.filled, self.columns, self.capacity);
-            let sum = T::as_f32_mut(&mut self.sum).expect("bf16 products sum in f32");
+        if self.filled > 0 && self.round_to_bf16 {
+            let (tokens, stride) = (self.filled, self.capacity);
             let chunk = T::as_f32_mut(&mut self.chunk).expect("bf16 products sum in f32");
-            let shape = (tokens, n, stride);
-            crate::bf16::add_gram(sum, chunk, shape, par, buffers, |sum, chunk| {
-                f32::add_gram(sum, chunk, tokens, n, stride, par)
-            });
-            self.filled = 0;
-        } else if self.filled > 0 {
+            for column in chunk.chunks_mut(stride) {
+                let rounded = &mut column[..tokens];
+                rounded
+                    .iter_mut()
+                    .for_each(|v| *v = crate::bf16::round_bf16(*v));
+            }
+        }
+        if self.filled > 0 {
             T::add_gram(
                 &mut self.sum,
                 &self.chunk,
@@ -393,5 +425,33 @@ impl Element for f16 {
 impl Element for bf16 {
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bf16 Hessian of CPUs without the kernels (rounded tokens, f32 product), which a
+    /// machine with them never picks by itself, against the plain loops.
+    #[test]
+    fn rounded_f32_fallback_matches_the_plain_loops() {
+        let (tokens, n) = (45, 70);
+        let x = gptq_core::testing::seeded_matrix(tokens, n, 4, 1.0);
+        let kept: Vec<usize> = (0..tokens).filter(|t| t % 4 != 1).collect();
+        let mut acc = Accumulation::<f32>::new(n).rounding_to_bf16();
+        acc.push(ActivationData::F32(x.view()), &kept, Par::Seq);
+        acc.flush(Par::Seq);
+        let value = |t: usize, j: usize| f64::from(crate::bf16::round_bf16(x[[t, j]]));
+        for j in 0..n {
+            for i in j..n {
+                let want: f64 = kept.iter().map(|&t| value(t, i) * value(t, j)).sum();
+                let got = f64::from(acc.sum[j * n + i]);
+                assert!(
+                    (got - want).abs() < 1e-4,
+                    "({i}, {j}): {got} against {want}"
+                );
+            }
+        }
     }
 }

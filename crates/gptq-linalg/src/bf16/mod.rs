@@ -38,12 +38,13 @@ const CHUNK_ROWS: usize = 192;
 /// `A` from L3 for every panel.
 const PASS_PAIRS: usize = 512;
 
-/// Whether this CPU runs the bf16 kernels (x86-64 with AVX-512F and AVX512-BF16, e.g. AMD Zen 4
+/// Whether this CPU runs the bf16 kernels (x86-64 with AVX-512F/BW and AVX512-BF16, e.g. AMD Zen 4
 /// or Intel Cooper Lake and later); otherwise the products fall back to rounded f32 products.
 pub fn kernels_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -132,57 +133,6 @@ impl ForwardProducts for Bf16Products {
     }
 }
 
-/// `sum += xᵀ x` on (at least) the lower triangle of the column-major `n × n` `sum`, with `x` the
-/// column-major `tokens × n` matrix of column stride `stride` in `chunk` (`shape` is
-/// `(tokens, n, stride)`), rounded to bf16: the Hessian accumulator's product. Without the
-/// kernels `chunk` is rounded in place and `f32_gram` multiplies it.
-/// `buffers` holds the converted tokens between calls.
-pub(crate) fn add_gram(
-    sum: &mut [f32],
-    chunk: &mut [f32],
-    shape: (usize, usize, usize),
-    par: Par,
-    buffers: &mut Buffers,
-    f32_gram: impl FnOnce(&mut [f32], &[f32]),
-) {
-    add_gram_with(
-        kernels_available(),
-        sum,
-        chunk,
-        shape,
-        par,
-        buffers,
-        f32_gram,
-    )
-}
-
-/// [`add_gram`] with the kernels or without them (where they exist, so that both are tested);
-/// `shape` is (tokens, n, stride).
-fn add_gram_with(
-    kernels: bool,
-    sum: &mut [f32],
-    chunk: &mut [f32],
-    shape: (usize, usize, usize),
-    par: Par,
-    buffers: &mut Buffers,
-    f32_gram: impl FnOnce(&mut [f32], &[f32]),
-) {
-    let (tokens, n, stride) = shape;
-    if tokens == 0 {
-        return;
-    }
-    if !kernels {
-        for column in chunk.chunks_mut(stride).take(n) {
-            column[..tokens]
-                .iter_mut()
-                .for_each(|v| *v = round_bf16(*v));
-        }
-        f32_gram(sum, chunk);
-        return;
-    }
-    kernel_gram(sum, chunk, shape, par, buffers);
-}
-
 /// [`x_wt`] without the kernels, what it runs on CPUs that lack them: faer's f32 product of the
 /// rounded operands (the same numbers up to the order of the f32 sums, at the f32 speed).
 pub fn x_wt_portable(
@@ -211,9 +161,9 @@ pub fn x_wt_portable(
 }
 
 /// Memory of the converted operands, kept between products: allocating it afresh for each
-/// product cost page faults and TLB shootdowns worth a third of a Hessian's time.
+/// product cost page faults and TLB shootdowns.
 #[derive(Default)]
-pub(crate) struct Buffers {
+struct Buffers {
     rows: Vec<u32>,
     weights: Vec<u32>,
     panels: Vec<u32>,
@@ -253,14 +203,73 @@ struct PackedPanels {
     pairs: usize,
 }
 
-impl PackedPanels {
-    fn panels(&self) -> usize {
-        self.data.len() / (self.pairs * PANEL)
+/// Panels as the kernels read them: panel `p` starts at `data[p * stride]`, pair `q` of it at
+/// `q * 64` from there.
+#[derive(Clone, Copy)]
+struct Panels<'a> {
+    data: &'a [u32],
+    stride: usize,
+}
+
+impl Panels<'_> {
+    fn count(&self) -> usize {
+        self.data.len() / self.stride
     }
 
-    /// Panel `p`: `pairs × 64`.
+    /// Panel `p`.
     fn panel(&self, p: usize) -> &[u32] {
-        &self.data[p * self.pairs * PANEL..(p + 1) * self.pairs * PANEL]
+        &self.data[p * self.stride..(p + 1) * self.stride]
+    }
+}
+
+/// The left operand as the kernels read it: pair `q` of row `r` at `data[layout.offset(r, q)]`.
+#[derive(Clone, Copy)]
+struct Operand<'a> {
+    data: &'a [u32],
+    layout: Layout,
+}
+
+/// How the left operand's pairs are laid out.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// Row-major, `pairs` per row (the activations of `x_wt`).
+    Rows { pairs: usize },
+    /// The 64-row panels of [`Panels`] with this stride (a Hessian's tokens, which are both
+    /// operands of `xᵀx`).
+    Panels { stride: usize },
+}
+
+impl Layout {
+    fn offset(&self, row: usize, pair: usize) -> usize {
+        match *self {
+            Layout::Rows { pairs } => row * pairs + pair,
+            Layout::Panels { stride } => (row / PANEL) * stride + pair * PANEL + row % PANEL,
+        }
+    }
+
+    /// Distances between rows and between pairs, within [`Layout::rows_alike`] rows.
+    fn strides(&self) -> (usize, usize) {
+        match *self {
+            Layout::Rows { pairs } => (pairs, 1),
+            Layout::Panels { .. } => (1, PANEL),
+        }
+    }
+
+    /// How many rows from `row` on are at the distances of [`Layout::strides`].
+    fn rows_alike(&self, row: usize) -> usize {
+        match *self {
+            Layout::Rows { .. } => usize::MAX,
+            Layout::Panels { .. } => PANEL - row % PANEL,
+        }
+    }
+}
+
+impl PackedPanels {
+    fn view(&self) -> Panels<'_> {
+        Panels {
+            data: &self.data,
+            stride: self.pairs * PANEL,
+        }
     }
 
     /// The rows of `a` packed into panels, in `buffer`'s memory.
@@ -355,48 +364,26 @@ impl RowPairs {
         });
         RowPairs { data, rows, pairs }
     }
-
-    /// The columns of a column-major matrix (`columns` of `len` values, column `j` at
-    /// `chunk[j * stride..]`) as rows, converted by the kernel into `buffer`'s memory.
-    fn from_columns(
-        chunk: &[f32],
-        (columns, len, stride): (usize, usize, usize),
-        par: Par,
-        buffer: Vec<u32>,
-    ) -> Self {
-        let pairs = len.div_ceil(2);
-        let mut data = recycled(buffer, columns * pairs);
-        for_each_chunk(&mut data, pairs, par, |(j, out)| {
-            // SAFETY: only called when `kernels_available()`.
-            unsafe { x86::to_pairs(&chunk[j * stride..j * stride + len], out) }
-        });
-        RowPairs {
-            data,
-            rows: columns,
-            pairs,
-        }
-    }
 }
 
-/// Runs the work items with the kernel.
+/// Runs the work items with the kernel over the first `pairs` pairs of the shared dimension.
 #[cfg(target_arch = "x86_64")]
 fn run_items(
-    a: &RowPairs,
-    b: &PackedPanels,
+    (a, b, pairs): (Operand<'_>, Panels<'_>, usize),
     items: &[WorkItem],
     out: SharedOutput,
     accumulate: bool,
     par: Par,
 ) {
-    for start in (0..a.pairs).step_by(PASS_PAIRS) {
-        let pairs = start..(start + PASS_PAIRS).min(a.pairs);
+    for start in (0..pairs).step_by(PASS_PAIRS) {
+        let pass = start..(start + PASS_PAIRS).min(pairs);
         let add = accumulate || start > 0;
         let run = |(panel, rows): &WorkItem| {
             let first = panel * PANEL;
             let (columns, target) = (out.panel_columns(first), out.at_column(first));
             let tile = x86::Tile {
                 rows: rows.clone(),
-                pairs: pairs.clone(),
+                pairs: pass.clone(),
                 panel: *panel,
                 columns,
                 accumulate: add,
@@ -430,49 +417,181 @@ fn kernel_x_wt(
     let a = RowPairs::from_rows(x, par, std::mem::take(&mut buffers.rows));
     let w = RowPairs::from_rows(w, par, std::mem::take(&mut buffers.weights));
     let b = PackedPanels::from_rows(&w, par, std::mem::take(&mut buffers.panels));
+    let panels = b.view().count();
     // Row chunks outside, panels inside: consecutive items share their rows of `a` in cache.
     let items: Vec<WorkItem> = (0..m)
         .step_by(CHUNK_ROWS)
-        .flat_map(|r| (0..b.panels()).map(move |p| (p, r..(r + CHUNK_ROWS).min(m))))
+        .flat_map(|r| (0..panels).map(move |p| (p, r..(r + CHUNK_ROWS).min(m))))
         .collect();
     let out = SharedOutput {
         ptr: out.as_mut_ptr(),
         stride: out.strides()[0] as usize,
         columns: n,
     };
-    run_items(&a, &b, &items, out, accumulate, par);
+    let operand = Operand {
+        data: &a.data,
+        layout: Layout::Rows { pairs: a.pairs },
+    };
+    run_items((operand, b.view(), a.pairs), &items, out, accumulate, par);
     buffers.rows = a.data;
     buffers.weights = w.data;
     buffers.panels = b.data;
     SCRATCH.with(|s| *s.borrow_mut() = buffers);
 }
 
-/// [`add_gram`] on the kernel. The sum is column-major with the lower triangle valid, which is
-/// the row-major upper triangle: row `r` of the row-major view needs columns `c ≥ r`, so panel
-/// `p` (columns `64p..64p + 64`) needs rows `0..64p + 64`. The few entries below the diagonal
-/// inside those tiles are written too and never read.
+/// A Hessian's running sum `Σ x xᵀ` of bf16-rounded tokens on the kernels. Tokens go in pairs
+/// straight into 64-column panels, each read and converted once; the panels are both operands
+/// of the product (the left one read across a panel, the right one along it), and each full
+/// buffer is multiplied into the lower triangle of the f32 sum. Converting through the f32
+/// column-major buffer, bf16 rows and packed panels instead cost as much as the products for a
+/// 576-column Hessian.
+pub(crate) struct PanelSum {
+    columns: usize,
+    /// `columns × columns`, column-major, lower triangle valid.
+    sum: Vec<f32>,
+    /// `columns.div_ceil(64)` panels of `capacity` pairs × 64.
+    panels: Vec<u32>,
+    capacity: usize,
+    filled: usize,
+    /// A token waiting for the next one to make a pair (empty when none).
+    pending: Vec<f32>,
+}
+
+/// The panels' memory, written at disjoint pairs by parallel tasks.
+#[derive(Clone, Copy)]
+struct SharedPanels(*mut u32);
+// SAFETY: each task writes the pairs it was given and no other.
+unsafe impl Send for SharedPanels {}
+// SAFETY: as above.
+unsafe impl Sync for SharedPanels {}
+
+impl SharedPanels {
+    /// The pointer (a method, so that closures capture the whole `Sync` struct).
+    fn get(&self) -> *mut u32 {
+        self.0
+    }
+}
+
+impl PanelSum {
+    /// An empty sum over `columns` inputs that multiplies `tokens` tokens at a time; `None`
+    /// when this CPU lacks the kernels.
+    pub(crate) fn new(columns: usize, tokens: usize) -> Option<Self> {
+        if !kernels_available() {
+            return None;
+        }
+        let capacity = tokens.div_ceil(2).max(1);
+        Some(PanelSum {
+            columns,
+            sum: vec![0.0; columns * columns],
+            panels: vec![0; columns.div_ceil(PANEL) * capacity * PANEL],
+            capacity,
+            filled: 0,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Adds the rows `kept` of the row-major `x` (`columns` values per row).
+    pub(crate) fn push(&mut self, x: &[f32], kept: &[usize], par: Par) {
+        let n = self.columns;
+        let row = |t: usize| &x[t * n..(t + 1) * n];
+        let mut rest = kept;
+        if !self.pending.is_empty() {
+            let Some((&first, later)) = rest.split_first() else {
+                return;
+            };
+            let pending = std::mem::take(&mut self.pending);
+            self.write_pairs(&[(&pending, row(first))], par);
+            rest = later;
+        }
+        while rest.len() >= 2 {
+            let take = (rest.len() / 2).min(self.capacity - self.filled);
+            let (now, later) = rest.split_at(2 * take);
+            let pairs: Vec<(&[f32], &[f32])> = now
+                .chunks(2)
+                .map(|two| (row(two[0]), row(two[1])))
+                .collect();
+            self.write_pairs(&pairs, par);
+            rest = later;
+        }
+        if let Some(&last) = rest.first() {
+            self.pending = row(last).to_vec();
+        }
+    }
+
+    /// Multiplies what is buffered, pairing a token left without a partner with zeros.
+    pub(crate) fn finish(&mut self, par: Par) {
+        if !self.pending.is_empty() {
+            let pending = std::mem::take(&mut self.pending);
+            let panels = SharedPanels(self.panels.as_mut_ptr());
+            // SAFETY: kernels are available (checked in `new`); pair `filled` < capacity.
+            unsafe { x86::write_pair(&pending, None, panels.get(), self.stride(), self.filled) };
+            self.filled += 1;
+        }
+        self.flush(par);
+    }
+
+    /// `columns × columns`, column-major, lower triangle valid: the sum of what was multiplied.
+    pub(crate) fn sum(&self) -> &[f32] {
+        &self.sum
+    }
+
+    fn stride(&self) -> usize {
+        self.capacity * PANEL
+    }
+
+    /// Writes `pairs` (at most the free ones) as consecutive pairs, in parallel, multiplying
+    /// when the buffer is full.
+    fn write_pairs(&mut self, pairs: &[(&[f32], &[f32])], par: Par) {
+        let (panels, stride, first) = (
+            SharedPanels(self.panels.as_mut_ptr()),
+            self.stride(),
+            self.filled,
+        );
+        let write = |(index, (a, b)): (usize, &(&[f32], &[f32]))| {
+            // SAFETY: kernels are available; each task writes its own pair, below capacity.
+            unsafe { x86::write_pair(a, Some(b), panels.get(), stride, first + index) };
+        };
+        match par {
+            Par::Seq => pairs.iter().enumerate().for_each(write),
+            _ => pairs
+                .par_iter()
+                .enumerate()
+                .with_min_len(64)
+                .for_each(write),
+        }
+        self.filled += pairs.len();
+        if self.filled == self.capacity {
+            self.flush(par);
+        }
+    }
+
+    /// Multiplies the buffered pairs into the sum.
+    fn flush(&mut self, par: Par) {
+        if self.filled > 0 {
+            let panels = Panels {
+                data: &self.panels,
+                stride: self.stride(),
+            };
+            kernel_gram(&mut self.sum, panels, self.filled, self.columns, par);
+            self.filled = 0;
+        }
+    }
+}
+
+/// `sum += xᵀx` on the kernel, `x` being the first `pairs` token pairs of `panels`. The sum is
+/// column-major with the lower triangle valid, which is the row-major upper triangle: row `r` of
+/// the row-major view needs columns `c ≥ r`, so panel `p` (columns `64p..64p + 64`) needs rows
+/// `0..64p + 64`. The few entries below the diagonal inside those tiles are written too and
+/// never read.
 #[cfg(target_arch = "x86_64")]
-fn kernel_gram(
-    sum: &mut [f32],
-    chunk: &[f32],
-    (tokens, n, stride): (usize, usize, usize),
-    par: Par,
-    buffers: &mut Buffers,
-) {
-    let a = RowPairs::from_columns(
-        chunk,
-        (n, tokens, stride),
-        par,
-        std::mem::take(&mut buffers.rows),
-    );
-    let b = PackedPanels::from_rows(&a, par, std::mem::take(&mut buffers.panels));
+fn kernel_gram(sum: &mut [f32], panels: Panels<'_>, pairs: usize, n: usize, par: Par) {
     // Row chunks outside, as for `x_wt`; a chunk starting at row r needs the panels from the
     // one holding column r on, each down to its last column.
-    let panels = b.panels();
+    let count = panels.count();
     let items: Vec<WorkItem> = (0..n)
         .step_by(CHUNK_ROWS)
         .flat_map(|r| {
-            (r / PANEL..panels).map(move |p| (p, r..(r + CHUNK_ROWS).min((p + 1) * PANEL).min(n)))
+            (r / PANEL..count).map(move |p| (p, r..(r + CHUNK_ROWS).min((p + 1) * PANEL).min(n)))
         })
         .collect();
     assert_eq!(sum.len(), n * n, "Hessian sum of the wrong size");
@@ -481,9 +600,13 @@ fn kernel_gram(
         stride: n,
         columns: n,
     };
-    run_items(&a, &b, &items, out, true, par);
-    buffers.rows = a.data;
-    buffers.panels = b.data;
+    let operand = Operand {
+        data: panels.data,
+        layout: Layout::Panels {
+            stride: panels.stride,
+        },
+    };
+    run_items((operand, panels, pairs), &items, out, true, par);
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -498,7 +621,7 @@ fn kernel_x_wt(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn kernel_gram(_: &mut [f32], _: &[f32], _: (usize, usize, usize), _: Par, _: &mut Buffers) {
+fn kernel_gram(_: &mut [f32], _: Panels<'_>, _: usize, _: usize, _: Par) {
     unreachable!("kernels_available() is false off x86-64")
 }
 
@@ -506,59 +629,50 @@ fn kernel_gram(_: &mut [f32], _: &[f32], _: (usize, usize, usize), _: Par, _: &m
 mod tests {
     use super::*;
 
-    /// `xᵀx` of the rounded column-major `x` in f64, lower triangle.
-    fn plain_gram(chunk: &[f32], tokens: usize, n: usize, stride: usize) -> Vec<f64> {
-        let value = |t: usize, j: usize| f64::from(round_bf16(chunk[j * stride + t]));
+    /// The lower triangle of `xᵀx` of the rounded rows `kept` of `x`, in f64.
+    fn plain_gram(x: &ndarray::Array2<f32>, kept: &[usize]) -> Vec<f64> {
+        let n = x.ncols();
+        let value = |t: usize, j: usize| f64::from(round_bf16(x[[t, j]]));
         let mut sum = vec![0.0; n * n];
         for j in 0..n {
             for i in j..n {
-                sum[j * n + i] = (0..tokens).map(|t| value(t, i) * value(t, j)).sum();
+                sum[j * n + i] = kept.iter().map(|&t| value(t, i) * value(t, j)).sum();
             }
         }
         sum
     }
 
-    /// Both ways of [`add_gram`] against the plain sums, on a buffer wider than its tokens.
+    /// Odd and even batches, a buffer that fills mid-batch, a token pending across batches.
     #[test]
-    fn gram_with_and_without_kernels() {
-        let (tokens, n, stride) = (37, 70, 40);
-        let x = gptq_core::testing::seeded_matrix(n, stride, 9, 1.0);
-        let expected = plain_gram(x.as_slice().unwrap(), tokens, n, stride);
-        let ways = if kernels_available() {
-            vec![false, true]
-        } else {
-            vec![false]
-        };
-        for kernels in ways {
-            let mut chunk = x.as_slice().unwrap().to_vec();
-            let mut sum = vec![0.0f32; n * n];
-            let f32_gram = |sum: &mut [f32], chunk: &[f32]| {
-                for j in 0..n {
-                    for i in j..n {
-                        let column = |c: usize| &chunk[c * stride..c * stride + tokens];
-                        let dot: f32 = column(i).iter().zip(column(j)).map(|(a, b)| a * b).sum();
-                        sum[j * n + i] += dot;
-                    }
-                }
-            };
-            let mut buffers = Buffers::default();
-            let shape = (tokens, n, stride);
-            add_gram_with(
-                kernels,
-                &mut sum,
-                &mut chunk,
-                shape,
-                Par::Seq,
-                &mut buffers,
-                f32_gram,
-            );
+    fn panel_sums_match_the_plain_loops() {
+        if !kernels_available() {
+            gptq_core::testing::announce_skip("panel sums: this CPU lacks AVX512-BF16");
+            return;
+        }
+        for (n, capacity) in [(70, 10), (64, 7), (5, 3), (130, 64)] {
+            let x = gptq_core::testing::seeded_matrix(41, n, n as u64, 1.0);
+            let masked: Vec<usize> = (13..41).filter(|t| t % 3 != 0).collect();
+            let batches: [&[usize]; 5] = [
+                &[0, 1, 2],
+                &[3],
+                &[4, 5, 6, 7, 8, 9, 10, 11, 12],
+                &[],
+                &masked,
+            ];
+            let mut sum = PanelSum::new(n, capacity).unwrap();
+            let mut kept = Vec::new();
+            for (i, batch) in batches.iter().enumerate() {
+                let par = if i % 2 == 0 { Par::Seq } else { Par::rayon(2) };
+                sum.push(x.as_slice().unwrap(), batch, par);
+                kept.extend_from_slice(batch);
+            }
+            sum.finish(Par::rayon(2));
+            let expected = plain_gram(&x, &kept);
+            let got = sum.sum();
             for j in 0..n {
                 for i in j..n {
-                    let (got, want) = (f64::from(sum[j * n + i]), expected[j * n + i]);
-                    assert!(
-                        (got - want).abs() < 1e-4,
-                        "kernels {kernels}: ({i}, {j}) {got} vs {want}"
-                    );
+                    let (g, w) = (f64::from(got[j * n + i]), expected[j * n + i]);
+                    assert!((g - w).abs() < 1e-4, "n {n}: ({i}, {j}) {g} against {w}");
                 }
             }
         }

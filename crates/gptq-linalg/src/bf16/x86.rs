@@ -8,7 +8,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{PANEL, PackedPanels, RowPairs};
+use super::{Operand, PANEL, Panels};
 
 /// Rows of a micro-tile. 6 rows × 4 registers of 16 columns = 24 accumulators, plus the 4 panel
 /// registers and a broadcast: 29 of the 32 vector registers.
@@ -82,7 +82,7 @@ pub(super) struct Tile {
 /// AVX-512F and AVX512-BF16; every `C[r, j]` for `r` in `tile.rows` and `j < tile.columns` must
 /// be valid for reads and writes at `out` and touched by no one else during the call.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn panel_product(a: &RowPairs, b: &PackedPanels, out: Output, tile: Tile) {
+pub(super) unsafe fn panel_product(a: Operand<'_>, b: Panels<'_>, out: Output, tile: Tile) {
     let Tile {
         rows,
         pairs,
@@ -99,13 +99,24 @@ pub(super) unsafe fn panel_product(a: &RowPairs, b: &PackedPanels, out: Output, 
         let add = accumulate || block > pairs.start;
         let mut r = rows.start;
         while r < rows.end {
-            let tile = (rows.end - r).min(TILE_ROWS);
-            let a_ptr = a.data[r * a.pairs + block..].as_ptr();
-            // SAFETY: the caller's contract; `a_ptr` rows `0..tile` hold `len` pairs from
-            // `block`, the panel holds `len` pairs × 64 columns from `panel_block`.
+            let tile = (rows.end - r).min(TILE_ROWS).min(a.layout.rows_alike(r));
+            let a_ptr = a.data[a.layout.offset(r, block)..].as_ptr();
+            let a_strides = a.layout.strides();
+            // SAFETY: the caller's contract; rows `0..tile` of `A` from `a_ptr` at `a_strides`
+            // hold `len` pairs from `block`, the panel `len` pairs × 64 columns from
+            // `panel_block`.
             unsafe {
                 let c = out.ptr.add(r * out.stride);
-                let tile_args = (a_ptr, a.pairs, panel_block, len, c, out.stride, masks, add);
+                let tile_args = (
+                    a_ptr,
+                    a_strides,
+                    panel_block,
+                    len,
+                    c,
+                    out.stride,
+                    masks,
+                    add,
+                );
                 match tile {
                     6 => micro_tile::<6>(tile_args),
                     5 => micro_tile::<5>(tile_args),
@@ -121,11 +132,11 @@ pub(super) unsafe fn panel_product(a: &RowPairs, b: &PackedPanels, out: Output, 
     }
 }
 
-/// The arguments of one micro-tile: `A` rows (pointer, row stride in pairs), the panel block,
-/// pairs in the block, `C` (pointer, row stride), column masks, and whether to add to `C`.
+/// The arguments of one micro-tile: `A` (pointer, strides of a row and of a pair), the panel
+/// block, pairs in the block, `C` (pointer, row stride), column masks, and whether to add to `C`.
 type TileArgs = (
     *const u32,
-    usize,
+    (usize, usize),
     *const u32,
     usize,
     *mut f32,
@@ -141,7 +152,7 @@ type TileArgs = (
 #[target_feature(enable = "avx512f,avx512bf16")]
 #[inline]
 unsafe fn micro_tile<const ROWS: usize>(args: TileArgs) {
-    let (a, a_stride, b, pairs, c, c_stride, masks, add) = args;
+    let (a, (a_row, a_pair), b, pairs, c, c_stride, masks, add) = args;
     let mut acc = [[_mm512_setzero_ps(); 4]; ROWS];
     if add {
         for (r, row) in acc.iter_mut().enumerate() {
@@ -157,8 +168,8 @@ unsafe fn micro_tile<const ROWS: usize>(args: TileArgs) {
             std::mem::transmute(_mm512_loadu_si512(b.add(p * PANEL + 16 * v).cast()))
         });
         for (r, row) in acc.iter_mut().enumerate() {
-            // SAFETY: row r of A has `pairs` pairs from `a + r * a_stride`.
-            let pair = unsafe { *a.add(r * a_stride + p) };
+            // SAFETY: pair p of row r of A is at `a + r * a_row + p * a_pair`.
+            let pair = unsafe { *a.add(r * a_row + p * a_pair) };
             let broadcast: __m512bh =
                 unsafe { std::mem::transmute(_mm512_set1_epi32(pair as i32)) };
             for (lane, column) in row.iter_mut().zip(panel) {
@@ -170,6 +181,67 @@ unsafe fn micro_tile<const ROWS: usize>(args: TileArgs) {
         for (v, lane) in row.iter().enumerate() {
             // SAFETY: masked to the valid columns of row r.
             unsafe { _mm512_mask_storeu_ps(c.add(r * c_stride + 16 * v), masks[v], *lane) };
+        }
+    }
+}
+
+/// Lane `2k` takes word `k` (the first token's column `k`), lane `2k + 1` word `16 + k` (the
+/// second token's): the pairs of one 16-column step.
+const INTERLEAVE: [u16; 32] = {
+    let mut index = [0u16; 32];
+    let mut k = 0;
+    while k < 16 {
+        index[2 * k] = k as u16;
+        index[2 * k + 1] = 16 + k as u16;
+        k += 1;
+    }
+    index
+};
+
+/// Writes two tokens (`first`, and `second` or zeros) as pair `pair` of every 64-column panel:
+/// entry `j` of panel `p`, at `panels[p * panel_stride + pair * 64 + j]`, holds the bf16 of
+/// `(first[64p + j], second[64p + j])`, rounded to nearest even; columns past the tokens' length
+/// get zeros.
+///
+/// # Safety
+/// AVX-512F, AVX512-BW and AVX512-BF16; `second` as long as `first`; `panels` holds
+/// `first.len().div_ceil(64)` panels of `panel_stride ≥ (pair + 1) · 64` entries.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn write_pair(
+    first: &[f32],
+    second: Option<&[f32]>,
+    panels: *mut u32,
+    panel_stride: usize,
+    pair: usize,
+) {
+    let n = first.len();
+    // SAFETY: INTERLEAVE is 32 u16, one 512-bit load.
+    let index = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
+    for start in (0..n.div_ceil(PANEL) * PANEL).step_by(16) {
+        let count = n.saturating_sub(start).min(16);
+        let lanes = mask(count);
+        // SAFETY: only the `count` lanes inside the tokens are read (none when count is 0, and
+        // then no pointer past the end is formed).
+        let load = |values: &[f32]| unsafe {
+            if count == 0 {
+                _mm512_setzero_ps()
+            } else {
+                _mm512_maskz_loadu_ps(lanes, values.as_ptr().add(start))
+            }
+        };
+        let low = load(first);
+        let high = match second {
+            Some(values) => load(values),
+            None => _mm512_setzero_ps(),
+        };
+        // The second operand fills the low 16 words: first's columns, then second's.
+        let words: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(high, low)) };
+        let pairs = _mm512_permutexvar_epi16(index, words);
+        let (panel, column) = (start / PANEL, start % PANEL);
+        // SAFETY: the caller's contract on `panels`.
+        unsafe {
+            let target = panels.add(panel * panel_stride + pair * PANEL + column);
+            _mm512_storeu_si512(target.cast(), pairs);
         }
     }
 }
