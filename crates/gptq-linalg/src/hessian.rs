@@ -320,7 +320,10 @@ impl<T: SumFloat> Accumulation<T> {
 
     /// Multiplies the buffered tokens into the sum.
     fn flush(&mut self, par: Par) {
-        if self.filled > 0 && self.round_to_bf16 {
+        if self.filled == 0 {
+            return;
+        }
+        if self.round_to_bf16 {
             let (tokens, stride) = (self.filled, self.capacity);
             let chunk = T::as_f32_mut(&mut self.chunk).expect("bf16 products sum in f32");
             for column in chunk.chunks_mut(stride) {
@@ -330,17 +333,15 @@ impl<T: SumFloat> Accumulation<T> {
                     .for_each(|v| *v = crate::bf16::round_bf16(*v));
             }
         }
-        if self.filled > 0 {
-            T::add_gram(
-                &mut self.sum,
-                &self.chunk,
-                self.filled,
-                self.columns,
-                self.capacity,
-                par,
-            );
-            self.filled = 0;
-        }
+        T::add_gram(
+            &mut self.sum,
+            &self.chunk,
+            self.filled,
+            self.columns,
+            self.capacity,
+            par,
+        );
+        self.filled = 0;
     }
 }
 

@@ -12,7 +12,7 @@ use super::{Operand, PANEL, Panels};
 
 /// Rows of a micro-tile. 6 rows × 4 registers of 16 columns = 24 accumulators, plus the 4 panel
 /// registers and a broadcast: 29 of the 32 vector registers.
-pub(super) const TILE_ROWS: usize = 6;
+const TILE_ROWS: usize = 6;
 
 /// Pairs of the shared dimension per cache block: a 64-column panel slice of 64 pairs is 16 KiB,
 /// half the L1 data cache, reused by every micro-tile of a row chunk.
