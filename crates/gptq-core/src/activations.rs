@@ -1,9 +1,11 @@
 //! Calibration activations, the input of Hessian accumulation.
 
 use half::{bf16, f16};
-use ndarray::ArrayView2;
+use std::ops::Range;
 
-use crate::error::{GptqError, Result, shape_string};
+use ndarray::{ArrayView2, s};
+
+use crate::error::{GptqError, Position, Result, shape_string};
 use crate::validate::check_finite;
 
 /// A `[tokens, columns]` matrix of a linear layer's inputs, in the precision the model runs in.
@@ -109,7 +111,25 @@ impl<'a> ActivationBatch<'a> {
     /// sum (the width, at least one sequence, finite values, a mask of the right length), so
     /// that all backends reject the same inputs with the same errors. Returns the indices of
     /// the tokens kept by the mask.
+    ///
+    /// ```
+    /// use gptq_core::{ActivationBatch, GptqError};
+    /// use ndarray::array;
+    ///
+    /// let x = array![[1.0f32, 2.0], [3.0, f32::NAN]];
+    /// let err = ActivationBatch::new(x.view()).kept_tokens(2).unwrap_err();
+    /// assert!(matches!(err, GptqError::NonFinite { position, .. } if position.row == 1));
+    /// ```
     pub fn kept_tokens(&self, columns: usize) -> Result<Vec<usize>> {
+        let kept = self.kept_tokens_trusting_values(columns)?;
+        self.check_finite_rows(0..self.tokens())?;
+        Ok(kept)
+    }
+
+    /// [`kept_tokens`](Self::kept_tokens) without the check of the values, for accumulators
+    /// that make it themselves with [`check_finite_rows`](Self::check_finite_rows) (e.g. on
+    /// several threads, a row range each) before adding anything.
+    pub fn kept_tokens_trusting_values(&self, columns: usize) -> Result<Vec<usize>> {
         let (tokens, width) = self.data.dim();
         if width != columns {
             return Err(GptqError::ShapeMismatch {
@@ -123,11 +143,6 @@ impl<'a> ActivationBatch<'a> {
                 "an activation batch must come from at least one sequence".into(),
             ));
         }
-        match self.data {
-            ActivationData::F32(x) => check_finite("activations", x)?,
-            ActivationData::F16(x) => check_finite("activations", x)?,
-            ActivationData::BF16(x) => check_finite("activations", x)?,
-        }
         match self.mask {
             None => Ok((0..tokens).collect()),
             Some(mask) if mask.len() == tokens => Ok((0..tokens).filter(|&t| mask[t]).collect()),
@@ -137,6 +152,39 @@ impl<'a> ActivationBatch<'a> {
                 actual: format!("[{}]", mask.len()),
             }),
         }
+    }
+
+    /// Fails with [`GptqError::NonFinite`] at the first NaN or infinity in token rows `rows`
+    /// (a range outside the batch is an error); the position is counted from the batch's first
+    /// row.
+    pub fn check_finite_rows(&self, rows: Range<usize>) -> Result<()> {
+        if rows.start > rows.end || rows.end > self.tokens() {
+            return Err(GptqError::InvalidConfig(format!(
+                "token rows {rows:?} are not inside a batch of {} tokens",
+                self.tokens()
+            )));
+        }
+        let first = rows.start;
+        let found = match self.data {
+            ActivationData::F32(x) => check_finite("activations", x.slice(s![rows, ..])),
+            ActivationData::F16(x) => check_finite("activations", x.slice(s![rows, ..])),
+            ActivationData::BF16(x) => check_finite("activations", x.slice(s![rows, ..])),
+        };
+        found.map_err(|e| match e {
+            GptqError::NonFinite {
+                what,
+                value,
+                position,
+            } => GptqError::NonFinite {
+                what,
+                value,
+                position: Position {
+                    row: position.row + first,
+                    column: position.column,
+                },
+            },
+            other => other,
+        })
     }
 }
 

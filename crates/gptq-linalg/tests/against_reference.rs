@@ -101,6 +101,40 @@ fn f32_masked_batches_on_two_threads() {
     assert!(relative_error(h.matrix(), expected.view()) < 1e-5);
 }
 
+/// The values are checked in row chunks on several threads; the error still names the first
+/// non-finite value of the batch, for every precision.
+#[test]
+fn the_first_non_finite_value_is_reported_from_parallel_checks() {
+    let mut x = seeded_matrix(1000, 6, 3, 1.0);
+    x[[700, 1]] = f32::NAN;
+    x[[300, 4]] = f32::INFINITY;
+    x[[301, 0]] = f32::NAN;
+    for precision in [
+        HessianPrecision::F64,
+        HessianPrecision::F32,
+        HessianPrecision::Bf16,
+    ] {
+        let mut acc =
+            CpuHessianAccumulator::new(6, HessianOptions { precision }, Par::rayon(2)).unwrap();
+        match acc.add_batch(&ActivationBatch::new(x.view())) {
+            Err(GptqError::NonFinite {
+                value, position, ..
+            }) => {
+                assert_eq!((position.row, position.column), (300, 4), "{precision:?}");
+                assert_eq!(value, f64::INFINITY);
+            }
+            other => panic!("{precision:?}: {other:?}"),
+        }
+        assert_eq!(acc.sequences(), 0);
+    }
+    let batch = ActivationBatch::new(x.view());
+    assert!(batch.check_finite_rows(0..300).is_ok());
+    assert!(matches!(
+        batch.check_finite_rows(900..1001),
+        Err(GptqError::InvalidConfig(_))
+    ));
+}
+
 #[test]
 fn bad_batches_are_rejected_and_leave_the_sum_untouched() {
     let good = seeded_matrix(10, 8, 1, 1.0);

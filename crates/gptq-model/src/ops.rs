@@ -152,17 +152,37 @@ fn has_avx2() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
-/// Defines `$name` calling `$generic` compiled twice: for the baseline target and with AVX2.
+/// Whether this CPU runs the AVX-512 versions (16 lanes), on top of [`has_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn has_avx512() -> bool {
+    has_avx2() && is_x86_feature_detected!("avx512f")
+}
+
+/// Defines `$name` calling `$generic` compiled three times: for the baseline target, with AVX2
+/// and with AVX-512. The loops are element-wise or reduce in fixed lanes, so every version
+/// computes the same values.
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident / $avx:ident = $generic:ident ($($a:ident : $t:ty),*) $(-> $r:ty)?) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident / $avx:ident, $avx512:ident = $generic:ident ($($a:ident : $t:ty),*) $(-> $r:ty)?) => {
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
         fn $avx($($a: $t),*) $(-> $r)? {
             $generic($($a),*)
         }
 
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        fn $avx512($($a: $t),*) $(-> $r)? {
+            $generic($($a),*)
+        }
+
         $(#[$m])*
         $vis fn $name($($a: $t),*) $(-> $r)? {
+            #[cfg(target_arch = "x86_64")]
+            if has_avx512() {
+                // SAFETY: the CPU supports the features $avx512 was compiled for.
+                return unsafe { $avx512($($a),*) };
+            }
             #[cfg(target_arch = "x86_64")]
             if has_avx2() {
                 // SAFETY: the CPU supports the features $avx was compiled for.
@@ -181,7 +201,7 @@ fn silu_mul_generic(gate: &mut [f32], up: &[f32]) {
     }
 }
 
-multiversion!(fn silu_mul / silu_mul_avx2 = silu_mul_generic(gate: &mut [f32], up: &[f32]));
+multiversion!(fn silu_mul / silu_mul_avx2, silu_mul_avx512 = silu_mul_generic(gate: &mut [f32], up: &[f32]));
 
 /// `silu(gate) ⊙ up`, written into `gate`.
 pub(crate) fn silu_mul_inplace(gate: &mut [f32], up: &[f32], par: Par) {
@@ -240,7 +260,7 @@ fn softmax_generic(x: &mut [f32]) {
 
 multiversion!(
     /// Softmax with max subtraction, in f32, in place.
-    pub(crate) fn softmax_in_place / softmax_avx2 = softmax_generic(x: &mut [f32])
+    pub(crate) fn softmax_in_place / softmax_avx2, softmax_avx512 = softmax_generic(x: &mut [f32])
 );
 
 #[inline(always)]
@@ -262,7 +282,7 @@ multiversion!(
     /// `ln Σ exp(x)` with max subtraction. It runs once per vocabulary entry and predicted
     /// token, so it uses the vectorizable [`exp_f32`]; partial sums of 256 terms go into an
     /// f64 total so that a 50k-way sum does not lose the small terms.
-    pub(crate) fn log_sum_exp / log_sum_exp_avx2 = log_sum_exp_generic(x: &[f32]) -> f64
+    pub(crate) fn log_sum_exp / log_sum_exp_avx2, log_sum_exp_avx512 = log_sum_exp_generic(x: &[f32]) -> f64
 );
 
 #[cfg(test)]
@@ -314,5 +334,73 @@ mod tests {
         assert!((y[[0, 1]] - 8.0 / r).abs() < 1e-6);
         let y = rms_norm(x.view(), w.view(), 1e-5).unwrap();
         assert_eq!(y[[1, 0]], 0.0);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod versions {
+    use super::*;
+
+    /// One compiled version of the element-wise kernels.
+    struct Version {
+        name: &'static str,
+        softmax: fn(&mut [f32]),
+        silu: fn(&mut [f32], &[f32]),
+        log_sum: fn(&[f32]) -> f64,
+    }
+
+    /// The versions this CPU can run besides the baseline one.
+    fn versions() -> Vec<Version> {
+        let mut versions = Vec::new();
+        if has_avx2() {
+            // SAFETY (each closure): the CPU has AVX2 and FMA, checked just above.
+            versions.push(Version {
+                name: "avx2",
+                softmax: |x| unsafe { softmax_avx2(x) },
+                silu: |g, u| unsafe { silu_mul_avx2(g, u) },
+                log_sum: |x| unsafe { log_sum_exp_avx2(x) },
+            });
+        }
+        if has_avx512() {
+            // SAFETY (each closure): the CPU has AVX-512F, AVX2 and FMA, checked just above.
+            versions.push(Version {
+                name: "avx512",
+                softmax: |x| unsafe { softmax_avx512(x) },
+                silu: |g, u| unsafe { silu_mul_avx512(g, u) },
+                log_sum: |x| unsafe { log_sum_exp_avx512(x) },
+            });
+        }
+        versions
+    }
+
+    /// Every compiled version of the element-wise kernels gives the same bits as the baseline
+    /// one, on lengths around the vector widths and on values that reach exp's clamps.
+    #[test]
+    fn all_versions_agree_bitwise() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for len in [1, 7, 8, 15, 16, 17, 31, 33, 100, 288, 1000] {
+            let x: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin() * 95.0).collect();
+            let up: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut softmax = x.clone();
+            softmax_generic(&mut softmax);
+            let mut silu = x.clone();
+            silu_mul_generic(&mut silu, &up);
+            let log_sum = log_sum_exp_generic(&x);
+            for v in versions() {
+                let mut got = x.clone();
+                (v.softmax)(&mut got);
+                assert_eq!(
+                    bits(&got),
+                    bits(&softmax),
+                    "{} softmax, length {len}",
+                    v.name
+                );
+                let mut got = x.clone();
+                (v.silu)(&mut got, &up);
+                assert_eq!(bits(&got), bits(&silu), "{} silu, length {len}", v.name);
+                let got = (v.log_sum)(&x);
+                assert_eq!(got.to_bits(), log_sum.to_bits(), "{} log-sum-exp", v.name);
+            }
+        }
     }
 }
