@@ -117,8 +117,9 @@ pub struct Args {
     /// bf16-rounded activations summed in f32 (twice as fast again on CPUs with AVX512-BF16).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     hessian: Precision,
-    /// Precision of the linears' products in the calibration forward passes (CPU): f32, or
-    /// bf16-rounded operands summed in f32 (twice as fast on CPUs with AVX512-BF16).
+    /// Precision of the products in the calibration forward passes (CPU): f32, or
+    /// bf16-rounded operands summed in f32 for the linears and attention (twice as fast on CPUs
+    /// with AVX512-BF16).
     #[arg(long, value_enum, default_value_t = Products::F32)]
     products: Products,
     /// Calibration sequences per forward batch.

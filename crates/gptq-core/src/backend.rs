@@ -311,6 +311,97 @@ pub trait ForwardProducts: Send + Sync {
         out: ArrayViewMut2<'_, f32>,
         accumulate: bool,
     ) -> Result<()>;
+
+    /// Whether [`head_attention`](Self::head_attention) computes attention with these products.
+    /// `false` (the default) leaves attention to the caller's own f32 code; products that change
+    /// the numbers (e.g. round operands to bf16) say `true`, so that attention's products are
+    /// rounded like the linears'.
+    fn computes_attention(&self) -> bool {
+        false
+    }
+
+    /// Causal self-attention of one head over one sequence: `out = P · v` where row `i` of `P`
+    /// is `softmax` of the scores `q[i] · k[j]` of the keys `j` that query `i` sees
+    /// ([`HeadAttention::visible_keys`]) and zero elsewhere. `softmax` normalizes one query's
+    /// visible scores in place, so that the caller keeps its own. Only called when
+    /// [`computes_attention`](Self::computes_attention) says so; the default fails with
+    /// [`GptqError::Unsupported`].
+    fn head_attention(
+        &self,
+        head: HeadAttention<'_>,
+        softmax: &dyn Fn(&mut [f32]),
+        out: ArrayViewMut2<'_, f32>,
+    ) -> Result<()> {
+        let _ = (head, softmax, out);
+        Err(GptqError::Unsupported {
+            backend: "forward products",
+            what: "attention".into(),
+        })
+    }
+}
+
+/// The operands of [`ForwardProducts::head_attention`]: one head of one sequence of `len`
+/// tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadAttention<'a> {
+    /// Queries `[len, head_dim]`, already scaled (by `1/sqrt(head_dim)` in Llama).
+    pub q: ArrayView2<'a, f32>,
+    /// Keys `[len, head_dim]`.
+    pub k: ArrayView2<'a, f32>,
+    /// Values `[len, head_dim]`.
+    pub v: ArrayView2<'a, f32>,
+    /// A sliding window: query `i` sees only the last `window` keys up to itself.
+    pub window: Option<usize>,
+}
+
+impl HeadAttention<'_> {
+    /// Tokens in the sequence.
+    pub fn len(&self) -> usize {
+        self.q.nrows()
+    }
+
+    /// Whether the sequence is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The keys query `i` sees: `i + 1 - window..=i` (from 0 without a window).
+    ///
+    /// ```
+    /// use gptq_core::HeadAttention;
+    /// use ndarray::Array2;
+    ///
+    /// let x = Array2::<f32>::zeros((8, 4));
+    /// let head = HeadAttention { q: x.view(), k: x.view(), v: x.view(), window: Some(3) };
+    /// assert_eq!(head.visible_keys(1), 0..2);
+    /// assert_eq!(head.visible_keys(5), 3..6);
+    /// ```
+    pub fn visible_keys(&self, i: usize) -> std::ops::Range<usize> {
+        self.window.map_or(0, |w| (i + 1).saturating_sub(w))..i + 1
+    }
+
+    /// Checks that `q`, `k`, `v` and `out` all have the shape `[len, head_dim]` of `q`.
+    pub fn check(&self, out: &ArrayViewMut2<'_, f32>) -> Result<()> {
+        for (what, dim) in [
+            ("attention keys", self.k.dim()),
+            ("attention values", self.v.dim()),
+            ("attention output", out.dim()),
+        ] {
+            if dim != self.q.dim() {
+                return Err(GptqError::ShapeMismatch {
+                    what,
+                    expected: shape2(self.q.nrows(), self.q.ncols()),
+                    actual: shape2(dim.0, dim.1),
+                });
+            }
+        }
+        if self.window == Some(0) {
+            return Err(GptqError::InvalidConfig(
+                "an attention window must hold at least one key".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Checks the shapes of a [`ForwardProducts::x_wt`] call: `x` `[m, k]`, `w` `[n, k]`, `out`

@@ -31,7 +31,8 @@ use proptest::test_runner::TestCaseError;
 
 use crate::activations::HessianOptions;
 use crate::backend::{
-    Backend, BlockSolution, Damping, FactorRequest, ForwardProducts, SolvePlan, check_x_wt,
+    Backend, BlockSolution, Damping, FactorRequest, ForwardProducts, HeadAttention, SolvePlan,
+    check_x_wt,
 };
 use crate::config::{ClipSearch, GroupSize, QuantConfig};
 use crate::error::{GptqError, Result};
@@ -156,6 +157,7 @@ pub fn check_grid_idempotent<G: QuantGrid + ?Sized>(
 pub struct PlainProducts {
     calls: AtomicUsize,
     fail_at: Option<usize>,
+    attention: bool,
 }
 
 impl PlainProducts {
@@ -168,8 +170,17 @@ impl PlainProducts {
     /// [`GptqError::Backend`], as a device out of memory would.
     pub fn failing_at(call: usize) -> Self {
         PlainProducts {
-            calls: AtomicUsize::new(0),
             fail_at: Some(call),
+            ..Self::default()
+        }
+    }
+
+    /// These products computing attention too ([`ForwardProducts::computes_attention`]), one
+    /// call per head and sequence, counted and failing like the products.
+    pub fn with_attention(self) -> Self {
+        PlainProducts {
+            attention: true,
+            ..self
         }
     }
 
@@ -188,13 +199,7 @@ impl ForwardProducts for PlainProducts {
         accumulate: bool,
     ) -> Result<()> {
         check_x_wt(&x, &w, &out)?;
-        let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        if self.fail_at == Some(call) {
-            return Err(GptqError::Backend {
-                backend: "plain products",
-                message: format!("product {call} failed as the test asked"),
-            });
-        }
+        self.count_call()?;
         for ((i, j), o) in out.indexed_iter_mut() {
             let dot: f64 = x
                 .row(i)
@@ -204,6 +209,57 @@ impl ForwardProducts for PlainProducts {
                 .sum();
             let base = if accumulate { f64::from(*o) } else { 0.0 };
             *o = (base + dot) as f32;
+        }
+        Ok(())
+    }
+
+    fn computes_attention(&self) -> bool {
+        self.attention
+    }
+
+    fn head_attention(
+        &self,
+        head: HeadAttention<'_>,
+        softmax: &dyn Fn(&mut [f32]),
+        mut out: ArrayViewMut2<'_, f32>,
+    ) -> Result<()> {
+        head.check(&out)?;
+        self.count_call()?;
+        let dot = |a: ndarray::ArrayView1<'_, f32>, b: ndarray::ArrayView1<'_, f32>| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                .sum()
+        };
+        for i in 0..head.len() {
+            let keys = head.visible_keys(i);
+            let mut p: Vec<f32> = keys
+                .clone()
+                .map(|j| dot(head.q.row(i), head.k.row(j)) as f32)
+                .collect();
+            softmax(&mut p);
+            for (c, o) in out.row_mut(i).iter_mut().enumerate() {
+                let weighted: f64 = keys
+                    .clone()
+                    .zip(&p)
+                    .map(|(j, &pj)| f64::from(pj) * f64::from(head.v[[j, c]]))
+                    .sum();
+                *o = weighted as f32;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PlainProducts {
+    /// Counts a call, failing it when it is the one the test asked for.
+    fn count_call(&self) -> Result<()> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_at == Some(call) {
+            return Err(GptqError::Backend {
+                backend: "plain products",
+                message: format!("product {call} failed as the test asked"),
+            });
         }
         Ok(())
     }

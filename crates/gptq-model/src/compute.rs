@@ -67,6 +67,12 @@ impl<'a> Compute<'a> {
         self.products.is_some()
     }
 
+    /// The backend's products when they compute attention too
+    /// ([`ForwardProducts::computes_attention`]).
+    pub(crate) fn attention_products(&self) -> Option<&'a dyn ForwardProducts> {
+        self.products.filter(|p| p.computes_attention())
+    }
+
     /// `out (+)= x · wᵀ` where this compute says.
     pub(crate) fn x_wt(
         &self,

@@ -4,8 +4,9 @@
 //! more sequences laid end to end, and `seq_lens` says how many rows each sequence has
 //! (`&[x.nrows()]` for a single sequence). The linear layers run on all rows at once — one
 //! large GEMM per linear, which is where batching pays, and what a [`Compute`] can send to a
-//! backend's products — while attention runs per sequence and head on the CPU, with
-//! (sequence, head) pairs spread over threads.
+//! backend's products — while attention runs per sequence and head on the CPU threads, with
+//! (sequence, head) pairs spread over them: in f32 here, or with the backend's products when
+//! they compute attention too ([`gptq_core::ForwardProducts::computes_attention`], e.g. bf16).
 //!
 //! ```text
 //! normed  = rms_norm(x, input_layernorm)                 ← input of q/k/v_proj
@@ -18,7 +19,8 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
-use ndarray::{Array2, ArrayView2};
+use gptq_core::HeadAttention;
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use crate::compute::Compute;
@@ -120,7 +122,8 @@ pub fn attention_core<'c>(
     // Every (sequence, head) task below writes its whole block, so no zero fill is needed.
     let mut out = crate::pool::scratch(q.nrows(), width);
     let dst = OutPtr(out.as_mut_ptr());
-    let run = |&(i, h): &(usize, usize)| {
+    let products = compute.attention_products();
+    let run = |&(i, h): &(usize, usize)| -> Result<()> {
         let geo = HeadGeometry {
             start: starts[i],
             len: seq_lens[i],
@@ -144,12 +147,23 @@ pub fn attention_core<'c>(
                 1,
             )
         };
-        head_attention(qs, ks, vs, &geo, block);
+        match products {
+            Some(products) => {
+                let head = geo.head(qs, ks, vs);
+                products
+                    .head_attention(head, &softmax_in_place, faer_to_ndarray(block))
+                    .map_err(ModelError::Products)
+            }
+            None => {
+                head_attention(qs, ks, vs, &geo, block);
+                Ok(())
+            }
+        }
     };
     if is_parallel(par) {
-        tasks.par_iter().for_each(run);
+        tasks.par_iter().try_for_each(run)?;
     } else {
-        tasks.iter().for_each(run);
+        tasks.iter().try_for_each(run)?;
     }
     for a in [q, k, v] {
         recycle(a);
@@ -196,6 +210,33 @@ struct HeadGeometry {
     kv_stride: usize,
     kv_col: usize,
     window: Option<usize>,
+}
+
+impl HeadGeometry {
+    /// This head's queries, keys and values as strided views of the row-major q/k/v matrices.
+    fn head<'a>(&self, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> HeadAttention<'a> {
+        let view = |m: &'a [f32], stride: usize, col: usize| {
+            let shape = (self.len, self.head_dim).strides((stride, 1));
+            ArrayView2::from_shape(shape, &m[self.start * stride + col..])
+                .expect("the head lies inside the matrix")
+        };
+        HeadAttention {
+            q: view(q, self.q_stride, self.q_col),
+            k: view(k, self.kv_stride, self.kv_col),
+            v: view(v, self.kv_stride, self.kv_col),
+            window: self.window,
+        }
+    }
+}
+
+/// An ndarray view of a faer block (same memory, same strides).
+fn faer_to_ndarray(m: MatMut<'_, f32>) -> ArrayViewMut2<'_, f32> {
+    let (rows, cols) = (m.nrows(), m.ncols());
+    let strides = (m.row_stride() as usize, m.col_stride() as usize);
+    // SAFETY: the faer view covers `rows × cols` elements at these (non-negative) strides for
+    // its lifetime, which the ndarray view inherits; consuming it leaves the new view the only
+    // access.
+    unsafe { ArrayViewMut2::from_shape_ptr((rows, cols).strides(strides), m.as_ptr_mut()) }
 }
 
 /// Causal attention of one head over one sequence, written into `out` (`[len, head_dim]`).

@@ -252,6 +252,36 @@ fn a_backend_computes_every_linear_product_when_given() {
 }
 
 #[test]
+fn a_backend_computes_attention_when_it_says_so() {
+    // Grouped-query heads (4 heads on 2 key/value heads), three sequences of uneven lengths, with
+    // and without a sliding window: every (sequence, head) must reach the backend with its own
+    // rows and columns.
+    let tiny = Tiny::default();
+    let dir = tiny.write(22);
+    let mut layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+    let lens = [70, 13, 67];
+    let x = random_input(150, tiny.hidden, 9);
+    for window in [None, Some(20)] {
+        layer.shape.sliding_window = window;
+        let on_cpu = forward_layer(&layer, x.view(), &lens, Par::rayon(2)).unwrap();
+        let products = PlainProducts::new().with_attention();
+        let compute = Compute::new(Par::rayon(2)).with_products(Some(&products));
+        let on_backend = forward_layer(&layer, x.view(), &lens, compute).unwrap();
+        assert_eq!(products.calls(), 7 + lens.len() * tiny.heads);
+        let err = max_diff(&on_backend, &on_cpu);
+        assert!(err < 1e-5, "window {window:?}: max difference {err}");
+    }
+    // An attention call that fails is an error of the pass (calls 0-2 are q, k and v).
+    let failing = PlainProducts::failing_at(3).with_attention();
+    let compute = Compute::new(Par::Seq).with_products(Some(&failing));
+    let err = forward_layer(&layer, x.view(), &lens, compute).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Products(GptqError::Backend { .. })),
+        "{err:?}"
+    );
+}
+
+#[test]
 fn sliding_window_matches_reference() {
     let tiny = Tiny {
         model_type: "mistral",

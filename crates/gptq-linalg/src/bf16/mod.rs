@@ -12,13 +12,15 @@
 //! running faer's f32 product: the same numbers up to the order of the f32 sums, without the
 //! speed. [`kernels_available`] says which one runs.
 
+mod attention;
+pub use attention::{head_attention, head_attention_portable};
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 use std::ops::Range;
 
 use faer::{Accum, Par};
-use gptq_core::{ForwardProducts, Result, check_x_wt};
+use gptq_core::{ForwardProducts, HeadAttention, Result, check_x_wt};
 use half::bf16;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -124,6 +126,20 @@ impl ForwardProducts for Bf16Products {
         accumulate: bool,
     ) -> Result<()> {
         x_wt(x, w, out, accumulate, self.par)
+    }
+
+    /// Attention's products are rounded like the linears': see [`head_attention`].
+    fn computes_attention(&self) -> bool {
+        true
+    }
+
+    fn head_attention(
+        &self,
+        head: HeadAttention<'_>,
+        softmax: &dyn Fn(&mut [f32]),
+        out: ArrayViewMut2<'_, f32>,
+    ) -> Result<()> {
+        head_attention(head, softmax, out)
     }
 }
 
