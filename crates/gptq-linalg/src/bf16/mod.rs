@@ -8,6 +8,10 @@
 //! in, and coarser than the f16 forward passes the reference implementation runs on a GPU. The
 //! sums stay f32.
 //!
+//! The same kernels run one head's causal attention ([`head_attention`]: `q kᵀ`, then the
+//! probabilities times `v`), so that a forward pass with bf16 products rounds attention's
+//! operands like the linears'.
+//!
 //! Where the CPU lacks AVX512-BF16 the same products are computed by rounding the operands and
 //! running faer's f32 product: the same numbers up to the order of the f32 sums, without the
 //! speed. [`kernels_available`] says which one runs.
