@@ -12,9 +12,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use gptq_core::{HeadAttention, Result};
 use ndarray::{Array2, ArrayViewMut2, s};
 
-#[cfg(target_arch = "x86_64")]
-use super::kernels_available;
-use super::{PANEL, round_bf16};
+use super::{PANEL, kernels_available, round_bf16};
 use crate::matmul::{faer_mut, faer_ref};
 
 /// Query rows per block: one panel of keys, so that every block's first needed key starts a
@@ -46,25 +44,24 @@ const QUERY_BLOCK: usize = PANEL;
 pub fn head_attention(
     head: HeadAttention<'_>,
     softmax: &dyn Fn(&mut [f32]),
-    mut out: ArrayViewMut2<'_, f32>,
+    out: ArrayViewMut2<'_, f32>,
 ) -> Result<()> {
-    head.check(&out)?;
-    if out.is_empty() {
-        return Ok(());
+    if !kernels_available() {
+        return head_attention_portable(head, softmax, out);
     }
+    head.check(&out)?;
     #[cfg(target_arch = "x86_64")]
-    if kernels_available() {
+    if !out.is_empty() {
         let unit_columns = out.strides()[1] == 1 && out.strides()[0] >= 0;
         if !unit_columns {
             let mut dense = Array2::zeros(out.dim());
             kernel::head_attention(&head, softmax, dense.view_mut());
+            let mut out = out;
             out.assign(&dense);
         } else {
             kernel::head_attention(&head, softmax, out);
         }
-        return Ok(());
     }
-    run_blocks(&head, softmax, &mut RoundedHead::new(&head), &mut out);
     Ok(())
 }
 
