@@ -8,7 +8,8 @@
 #   --no-true-sequential  PyTorch quantizes a layer's seven linears against the inputs of its
 #                         full-precision forward pass (the reference implementation's default);
 #                         gptq-rs runs that way and then in its default true-sequential order
-# gptq-rs runs last once more true-sequential with `--products bf16 --hessian bf16`.
+# gptq-rs runs last twice more true-sequential, with `--products bf16 --hessian bf16` and with
+# `--products int8 --hessian bf16`.
 # (needs ../shared; sets up the Python environment of scripts/hf_check.sh if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,16 +41,18 @@ echo "torch wall time $((SECONDS - start)) s (quantize + evaluate)"
 
 # gptq-rs in the same organisation as PyTorch; after the reference's default organisation, also
 # in gptq-rs's own default (true-sequential), which is what a user runs; last, true-sequential
-# with bf16 calibration products (AVX512-BF16 kernels where the CPU has them).
+# with bf16 calibration products (AVX512-BF16 kernels where the CPU has them), then with int8
+# products for the quantized linears (AVX512-VNNI kernels).
 runs=("${order[*]}")
 if [[ ${#order[@]} -gt 0 ]]; then
   runs+=("")
 fi
-runs+=("--products bf16 --hessian bf16")
+runs+=("--products bf16 --hessian bf16" "--products int8 --hessian bf16")
 for flags in "${runs[@]}"; do
   case $flags in
     --no-true-sequential) name=w3g128-asym-no-true-sequential ;;
-    --products*) name=w3g128-asym-bf16 ;;
+    "--products bf16"*) name=w3g128-asym-bf16 ;;
+    "--products int8"*) name=w3g128-asym-int8 ;;
     *) name=w3g128-asym ;;
   esac
   echo "== gptq-rs ${flags:-(true-sequential)}"

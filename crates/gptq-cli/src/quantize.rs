@@ -40,6 +40,9 @@ enum Products {
     F32,
     /// Operands rounded to bf16, sums in f32 (fast on CPUs with AVX512-BF16).
     Bf16,
+    /// Quantized linears: their integer codes times activations rounded to 8 bits per block
+    /// of 128 inputs, exact integer sums (fast on CPUs with AVX512-VNNI); the rest as bf16.
+    Int8,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,9 +120,11 @@ pub struct Args {
     /// bf16-rounded activations summed in f32 (twice as fast again on CPUs with AVX512-BF16).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     hessian: Precision,
-    /// Precision of the products in the calibration forward passes (CPU): f32, or
-    /// bf16-rounded operands summed in f32 for the linears and attention (twice as fast on CPUs
-    /// with AVX512-BF16).
+    /// Precision of the products in the calibration forward passes (CPU): f32; bf16-rounded
+    /// operands summed in f32 for the linears and attention (twice as fast on CPUs with
+    /// AVX512-BF16); or int8, which multiplies the quantized linears' codes by activations
+    /// rounded to 8 bits per 128 inputs (twice as fast again on CPUs with AVX512-VNNI) and
+    /// computes the rest as bf16.
     #[arg(long, value_enum, default_value_t = Products::F32)]
     products: Products,
     /// Calibration sequences per forward batch.
@@ -186,21 +191,34 @@ pub fn run(args: Args) -> CliResult {
     let options = args.options(threads)?;
     match args.device {
         Device::Cpu => {
-            let bf16 = args.products == Products::Bf16;
-            if (bf16 || args.hessian == Precision::Bf16) && !gptq_linalg::bf16::kernels_available()
-            {
+            let (bf16, int8) = (
+                args.products == Products::Bf16,
+                args.products == Products::Int8,
+            );
+            let any_bf16 = bf16 || int8 || args.hessian == Precision::Bf16;
+            if any_bf16 && !gptq_linalg::bf16::kernels_available() {
                 eprintln!(
                     "note: this CPU lacks AVX512-BF16: the bf16 products run as rounded f32 \
                      products (the same results, no faster)"
                 );
             }
-            let backend = CpuBackend::with_threads(threads).with_bf16_products(bf16);
+            if int8 && !gptq_linalg::int8::kernels_available() {
+                eprintln!(
+                    "note: this CPU lacks AVX512-VNNI: the int8 products run as f32 products of \
+                     the rounded activations (the same results, slower)"
+                );
+            }
+            let backend = CpuBackend::with_threads(threads)
+                .with_bf16_products(bf16)
+                .with_int8_products(int8);
             pool.install(|| quantize(&args, &options, &backend))
         }
-        Device::Cuda if args.products == Products::Bf16 => Err(
-            "--products bf16 is a CPU option: with --device cuda the GPU runs the products in f32"
-                .into(),
-        ),
+        Device::Cuda if args.products != Products::F32 => Err(format!(
+            "--products {} is a CPU option: with --device cuda the GPU runs the products in f32",
+            args.products
+                .to_possible_value()
+                .map_or("?".into(), |v| v.get_name().to_string())
+        )),
         Device::Cuda => cuda(&args, &options, &pool),
     }
 }

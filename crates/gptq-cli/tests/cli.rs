@@ -465,25 +465,34 @@ fn inspect_describes_rotary_embeddings_and_head_norms() {
 }
 
 #[test]
-fn bf16_products_run_and_are_recorded() {
+fn bf16_and_int8_products_run_and_are_recorded() {
     let dir = scratch("bf16");
-    let report = dir.join("report.json");
-    let flags = [
-        "--products",
-        "bf16",
-        "--hessian",
-        "bf16",
-        "--report",
-        report.to_str().unwrap(),
-    ];
-    let run = quantize_tiny(&dir, 13, "q", &flags);
-    assert!(run.status.success(), "{}", stderr(&run));
-    assert!(dir.join("q").join("config.json").is_file());
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    assert_eq!(report["backend"], "cpu-bf16", "{report}");
-    // The GPU runs its own products in f32: asking for bf16 there is refused before any work.
-    let refused = quantize_tiny(&dir, 13, "q2", &["--device", "cuda", "--products", "bf16"]);
-    one_line_error(&refused, "--products bf16 is a CPU option");
-    assert!(!dir.join("q2").exists());
+    for products in ["bf16", "int8"] {
+        let report = dir.join(format!("report-{products}.json"));
+        let out = format!("q-{products}");
+        let flags = [
+            "--products",
+            products,
+            "--hessian",
+            "bf16",
+            "--report",
+            report.to_str().unwrap(),
+        ];
+        let run = quantize_tiny(&dir, 13, &out, &flags);
+        assert!(run.status.success(), "{}", stderr(&run));
+        assert!(dir.join(&out).join("config.json").is_file());
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+        assert_eq!(report["backend"], format!("cpu-{products}"), "{report}");
+        // The GPU runs its own products in f32: asking for others there is refused before any
+        // work.
+        let refused = quantize_tiny(
+            &dir,
+            13,
+            "q2",
+            &["--device", "cuda", "--products", products],
+        );
+        one_line_error(&refused, &format!("--products {products} is a CPU option"));
+        assert!(!dir.join("q2").exists());
+    }
 }

@@ -17,6 +17,7 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use crate::activations::{ActivationBatch, HessianOptions};
 use crate::error::{GptqError, Result, shape2};
 use crate::grid::{GroupParams, QuantGrid, RangeSearch};
+use crate::tensor::QuantizedTensor;
 
 /// Streams calibration batches into a Hessian.
 pub trait HessianAccumulator: Send {
@@ -338,6 +339,32 @@ pub trait ForwardProducts: Send + Sync {
             what: "attention".into(),
         })
     }
+
+    /// Whether [`x_qwt`](Self::x_qwt) multiplies already quantized weights itself, from their
+    /// integer codes. `false` (the default): a model multiplies a quantized linear's dequantized
+    /// weights with [`x_wt`](Self::x_wt).
+    fn computes_quantized(&self) -> bool {
+        false
+    }
+
+    /// `out = x · Wᵀ`, or `out += x · Wᵀ` when `accumulate`, where `W` is the dequantized `w`
+    /// (`[n, k]`); `x` is `[m, k]`, `out` `[m, n]`, any strides. Products that compute it from
+    /// the codes may round `x` too (e.g. to 8 bits per block of inputs) and say so. Only called
+    /// when [`computes_quantized`](Self::computes_quantized) says so; the default fails with
+    /// [`GptqError::Unsupported`].
+    fn x_qwt(
+        &self,
+        x: ArrayView2<'_, f32>,
+        w: &QuantizedTensor,
+        out: ArrayViewMut2<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        let _ = (x, w, out, accumulate);
+        Err(GptqError::Unsupported {
+            backend: "forward products",
+            what: "products of quantized weights".into(),
+        })
+    }
 }
 
 /// The operands of [`ForwardProducts::head_attention`]: one head of one sequence of `len`
@@ -422,6 +449,30 @@ pub fn check_x_wt(
         return Err(GptqError::ShapeMismatch {
             what: "output of x · wᵀ",
             expected: shape2(x.nrows(), w.nrows()),
+            actual: shape2(out.nrows(), out.ncols()),
+        });
+    }
+    Ok(())
+}
+
+/// Checks the shapes of a [`ForwardProducts::x_qwt`] call: `x` `[m, k]`, `w` `[n, k]`, `out`
+/// `[m, n]`.
+pub fn check_x_qwt(
+    x: &ArrayView2<'_, f32>,
+    w: &QuantizedTensor,
+    out: &ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    if w.columns() != x.ncols() {
+        return Err(GptqError::ShapeMismatch {
+            what: "quantized weight of x · wᵀ",
+            expected: format!("[n, {}] (as many columns as x)", x.ncols()),
+            actual: shape2(w.rows(), w.columns()),
+        });
+    }
+    if out.dim() != (x.nrows(), w.rows()) {
+        return Err(GptqError::ShapeMismatch {
+            what: "output of x · wᵀ",
+            expected: shape2(x.nrows(), w.rows()),
             actual: shape2(out.nrows(), out.ncols()),
         });
     }

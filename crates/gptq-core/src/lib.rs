@@ -27,7 +27,8 @@ pub mod validate;
 pub use activations::{ActivationBatch, ActivationData, HessianOptions, HessianPrecision};
 pub use backend::{
     Backend, BlockSolution, Damping, DampingPolicy, FactorRequest, FitSource, ForwardProducts,
-    GroupPlan, HeadAttention, HessianAccumulator, ParamTable, SolvePlan, SolveTimings, check_x_wt,
+    GroupPlan, HeadAttention, HessianAccumulator, ParamTable, SolvePlan, SolveTimings, check_x_qwt,
+    check_x_wt,
 };
 pub use config::{ClipSearch, GroupSize, QuantConfig, QuantConfigBuilder};
 pub use error::{GptqError, Position, Result, shape_string};

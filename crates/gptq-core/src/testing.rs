@@ -32,11 +32,12 @@ use proptest::test_runner::TestCaseError;
 use crate::activations::HessianOptions;
 use crate::backend::{
     Backend, BlockSolution, Damping, FactorRequest, ForwardProducts, HeadAttention, SolvePlan,
-    check_x_wt,
+    check_x_qwt, check_x_wt,
 };
 use crate::config::{ClipSearch, GroupSize, QuantConfig};
 use crate::error::{GptqError, Result};
 use crate::grid::{QuantGrid, dequantize_code, quantize_value};
+use crate::tensor::QuantizedTensor;
 
 /// Finite weights of one row, of a length in `len`, with magnitudes from 1e-3 to 10.
 pub fn weight_rows(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<f32>> {
@@ -156,8 +157,10 @@ pub fn check_grid_idempotent<G: QuantGrid + ?Sized>(
 #[derive(Debug, Default)]
 pub struct PlainProducts {
     calls: AtomicUsize,
+    quantized_calls: AtomicUsize,
     fail_at: Option<usize>,
     attention: bool,
+    quantized: bool,
 }
 
 impl PlainProducts {
@@ -184,9 +187,25 @@ impl PlainProducts {
         }
     }
 
+    /// These products multiplying quantized weights too
+    /// ([`ForwardProducts::computes_quantized`]): by their dequantized values in the same loops,
+    /// so that the numbers do not change, but counted apart
+    /// ([`quantized_calls`](Self::quantized_calls)) as well as with the other calls.
+    pub fn with_quantized(self) -> Self {
+        PlainProducts {
+            quantized: true,
+            ..self
+        }
+    }
+
     /// Calls so far, failed ones included.
     pub fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Calls of [`ForwardProducts::x_qwt`] so far.
+    pub fn quantized_calls(&self) -> usize {
+        self.quantized_calls.load(Ordering::SeqCst)
     }
 }
 
@@ -195,21 +214,30 @@ impl ForwardProducts for PlainProducts {
         &self,
         x: ArrayView2<'_, f32>,
         w: ArrayView2<'_, f32>,
-        mut out: ArrayViewMut2<'_, f32>,
+        out: ArrayViewMut2<'_, f32>,
         accumulate: bool,
     ) -> Result<()> {
         check_x_wt(&x, &w, &out)?;
         self.count_call()?;
-        for ((i, j), o) in out.indexed_iter_mut() {
-            let dot: f64 = x
-                .row(i)
-                .iter()
-                .zip(w.row(j))
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                .sum();
-            let base = if accumulate { f64::from(*o) } else { 0.0 };
-            *o = (base + dot) as f32;
-        }
+        plain_x_wt(x, w, out, accumulate);
+        Ok(())
+    }
+
+    fn computes_quantized(&self) -> bool {
+        self.quantized
+    }
+
+    fn x_qwt(
+        &self,
+        x: ArrayView2<'_, f32>,
+        w: &QuantizedTensor,
+        out: ArrayViewMut2<'_, f32>,
+        accumulate: bool,
+    ) -> Result<()> {
+        check_x_qwt(&x, w, &out)?;
+        self.quantized_calls.fetch_add(1, Ordering::SeqCst);
+        self.count_call()?;
+        plain_x_wt(x, w.dequantize().view(), out, accumulate);
         Ok(())
     }
 
@@ -248,6 +276,25 @@ impl ForwardProducts for PlainProducts {
             }
         }
         Ok(())
+    }
+}
+
+/// `out (+)= x · wᵀ` in f64 sums.
+fn plain_x_wt(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    mut out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+) {
+    for ((i, j), o) in out.indexed_iter_mut() {
+        let dot: f64 = x
+            .row(i)
+            .iter()
+            .zip(w.row(j))
+            .map(|(&a, &b)| f64::from(a) * f64::from(b))
+            .sum();
+        let base = if accumulate { f64::from(*o) } else { 0.0 };
+        *o = (base + dot) as f32;
     }
 }
 

@@ -13,6 +13,9 @@
 //! - [`sub_product`]: `C -= A · B` on row-major matrices, the lazy-batch update.
 //! - [`bf16`](mod@bf16): products of bf16-rounded operands summed in f32, on AVX512-BF16 kernels
 //!   where the CPU has them (the forward products and Hessians of a calibration run, optionally).
+//! - [`int8`](mod@int8): products of already quantized weights with activations rounded to 8 bits
+//!   per block, summed exactly in integers on AVX512-VNNI kernels (a calibration run's quantized
+//!   linears, optionally).
 //! - [`reference`](mod@reference): plain loops that compute the same things, the oracle of the tests.
 //!
 //! ```
@@ -32,6 +35,7 @@
 pub mod bf16;
 mod factor;
 mod hessian;
+pub mod int8;
 mod loss;
 mod matmul;
 pub mod reference;

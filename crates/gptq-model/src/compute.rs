@@ -73,6 +73,12 @@ impl<'a> Compute<'a> {
         self.products.filter(|p| p.computes_attention())
     }
 
+    /// The backend's products when they multiply quantized weights by their codes
+    /// ([`ForwardProducts::computes_quantized`]).
+    pub(crate) fn quantized_products(&self) -> Option<&'a dyn ForwardProducts> {
+        self.products.filter(|p| p.computes_quantized())
+    }
+
     /// `out (+)= x · wᵀ` where this compute says.
     pub(crate) fn x_wt(
         &self,

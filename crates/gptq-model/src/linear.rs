@@ -2,6 +2,7 @@
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use gptq_core::QuantizedTensor;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 
 use crate::compute::Compute;
@@ -50,13 +51,17 @@ pub(crate) fn matmul_xwt(
 /// PyTorch's `nn.Linear`, so that quantizers see rows = output channels, columns = inputs.
 ///
 /// The fields are public so that the quantization pipeline can swap in dequantized weights
-/// between forward stages; [`Linear::set_weight`] does so with a shape check.
+/// between forward stages; [`Linear::set_weight`] does so with a shape check, and
+/// [`Linear::set_quantized`] keeps the quantized weight too, for products that multiply its
+/// codes ([`ForwardProducts::computes_quantized`](gptq_core::ForwardProducts::computes_quantized)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Linear {
     /// `[out_features, in_features]`.
     pub weight: Array2<f32>,
     /// `[out_features]`, if the layer has a bias.
     pub bias: Option<Array1<f32>>,
+    /// The quantized weight that `weight` dequantizes, if [`Linear::set_quantized`] set it.
+    quantized: Option<QuantizedTensor>,
 }
 
 impl Linear {
@@ -71,7 +76,11 @@ impl Linear {
                 format!("[{}]", b.len()),
             ));
         }
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            quantized: None,
+        })
     }
 
     /// Input width.
@@ -94,7 +103,23 @@ impl Linear {
                 format!("{:?}", weight.shape()),
             ));
         }
+        self.quantized = None;
         Ok(std::mem::replace(&mut self.weight, weight))
+    }
+
+    /// Replaces the weight by the dequantized `quantized` and keeps `quantized`, so that
+    /// products that multiply quantized weights by their codes can (see [`Linear::quantized`]);
+    /// returns the old weight.
+    pub fn set_quantized(&mut self, quantized: QuantizedTensor) -> Result<Array2<f32>> {
+        let old = self.set_weight(quantized.dequantize())?;
+        self.quantized = Some(quantized);
+        Ok(old)
+    }
+
+    /// The quantized weight that [`Linear::set_quantized`] set, until the next
+    /// [`Linear::set_weight`].
+    pub fn quantized(&self) -> Option<&QuantizedTensor> {
+        self.quantized.as_ref()
     }
 
     /// `x · Wᵀ + b` for `x` of shape `[tokens, in_features]`.
@@ -111,7 +136,7 @@ impl Linear {
             // Start from the bias so that the product accumulates onto it in one pass.
             out.assign(b);
         }
-        compute.x_wt(out.view_mut(), self.bias.is_some(), x, self.weight.view())?;
+        self.product(out.view_mut(), self.bias.is_some(), x, compute)?;
         Ok(out)
     }
 
@@ -133,9 +158,24 @@ impl Linear {
         if let Some(b) = &self.bias {
             *out += b;
         }
-        compute
-            .into()
-            .x_wt(out.view_mut(), true, x, self.weight.view())
+        self.product(out.view_mut(), true, x, compute.into())
+    }
+
+    /// `out (+)= x · Wᵀ` where `compute` says: from the quantized weight's codes when it has
+    /// one and the products multiply those, from `weight` otherwise.
+    fn product(
+        &self,
+        out: ArrayViewMut2<'_, f32>,
+        accumulate: bool,
+        x: ArrayView2<'_, f32>,
+        compute: Compute<'_>,
+    ) -> Result<()> {
+        match (&self.quantized, compute.quantized_products()) {
+            (Some(quantized), Some(products)) => products
+                .x_qwt(x, quantized, out, accumulate)
+                .map_err(ModelError::Products),
+            _ => compute.x_wt(out, accumulate, x, self.weight.view()),
+        }
     }
 
     fn check_input(&self, x: &ArrayView2<'_, f32>) -> Result<()> {

@@ -4,8 +4,8 @@
 use gptq_model::testing as common;
 
 use common::{TempDir, Tiny, max_diff, write_config, write_raw, write_safetensors};
-use gptq_core::GptqError;
 use gptq_core::testing::PlainProducts;
+use gptq_core::{GptqError, QuantizedTensor};
 use gptq_model::calib::SplitMix64;
 use gptq_model::{
     Checkpoint, Compute, DecoderLayer, LayerShape, LinearId, ModelConfig, ModelError, Par,
@@ -279,6 +279,57 @@ fn a_backend_computes_attention_when_it_says_so() {
         matches!(err, ModelError::Products(GptqError::Backend { .. })),
         "{err:?}"
     );
+}
+
+/// `w` rounded to 4 bits with one scale and zero point per row (one group).
+fn round_to_nearest(w: &Array2<f32>) -> QuantizedTensor {
+    let (rows, columns) = w.dim();
+    let mut codes = Array2::zeros((rows, columns));
+    let (mut scales, mut zeros) = (Array2::zeros((1, rows)), Array2::zeros((1, rows)));
+    for (r, row) in w.rows().into_iter().enumerate() {
+        let (lo, hi) = row
+            .iter()
+            .fold((0.0f32, 0.0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let scale = ((hi - lo) / 15.0).max(1e-6);
+        let zero = (-lo / scale).round().clamp(0.0, 15.0);
+        for (c, &v) in row.iter().enumerate() {
+            codes[[r, c]] = ((v / scale).round() + zero).clamp(0.0, 15.0) as u8;
+        }
+        (scales[[0, r]], zeros[[0, r]]) = (scale, zero as u16);
+    }
+    QuantizedTensor::new(4, codes, scales, zeros, vec![0; columns], None).unwrap()
+}
+
+#[test]
+fn quantized_linears_reach_products_that_multiply_codes() {
+    let tiny = Tiny::default();
+    let dir = tiny.write(23);
+    let mut layer = Checkpoint::open(dir.path()).unwrap().load_layer(0).unwrap();
+    for id in [LinearId::Q, LinearId::Down] {
+        let quantized = round_to_nearest(&layer.linear(id).weight);
+        layer.linear_mut(id).set_quantized(quantized).unwrap();
+    }
+    let (lens, x) = ([40, 25], random_input(65, tiny.hidden, 10));
+    let run = |layer: &DecoderLayer, products: &PlainProducts| {
+        let compute = Compute::new(Par::Seq).with_products(Some(products));
+        forward_layer(layer, x.view(), &lens, compute).unwrap()
+    };
+    // The plain products multiply the dequantized weights either way: the same numbers.
+    let expected = run(&layer, &PlainProducts::new());
+    let products = PlainProducts::new().with_quantized();
+    assert_eq!(run(&layer, &products), expected);
+    assert_eq!((products.quantized_calls(), products.calls()), (2, 7));
+    // Products that do not multiply codes get the dequantized weights.
+    let plain = PlainProducts::new();
+    run(&layer, &plain);
+    assert_eq!((plain.quantized_calls(), plain.calls()), (0, 7));
+    // A new weight drops the codes.
+    let weight = layer.linear(LinearId::Q).weight.clone();
+    layer.linear_mut(LinearId::Q).set_weight(weight).unwrap();
+    assert!(layer.linear(LinearId::Q).quantized().is_none());
+    let products = PlainProducts::new().with_quantized();
+    run(&layer, &products);
+    assert_eq!(products.quantized_calls(), 1);
 }
 
 #[test]

@@ -437,7 +437,8 @@ impl<B: Backend> Run<'_, B> {
     }
 
     /// Quantizes the linears `ids` of `layer` against `hessian`, replacing their weights by the
-    /// dequantized result so that later stages see them.
+    /// quantized result (dequantized, and the codes for products that multiply those) so that
+    /// later stages see them.
     ///
     /// The linears of a group (q/k/v, gate/up) are solved concurrently: much of a solve (the
     /// column loop of small blocks, the factorization of a 576-column Hessian) cannot use two
@@ -473,9 +474,7 @@ impl<B: Backend> Run<'_, B> {
                 .map_err(PipelineError::quantization(name.clone()))?;
             self.times.pack += t.elapsed().as_secs_f64();
             let (rows, columns) = layer.linear(id).weight.dim();
-            layer
-                .linear_mut(id)
-                .set_weight(quantized.tensor.dequantize())?;
+            layer.linear_mut(id).set_quantized(quantized.tensor)?;
             let report = &quantized.report;
             self.modules.push(ModuleReport {
                 layer: layer.index,

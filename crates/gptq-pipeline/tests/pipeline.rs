@@ -958,3 +958,34 @@ fn a_backend_with_its_own_products_runs_the_forward_passes() {
         "{message}"
     );
 }
+
+#[test]
+fn quantized_linears_multiply_their_codes_in_true_sequential_runs() {
+    let source = TINY.write(9);
+    let checkpoint = Checkpoint::open(source.path()).unwrap();
+    let run_with = |products: PlainProducts| {
+        let backend = WithProducts {
+            backend: CpuBackend::with_threads(1),
+            products,
+        };
+        let model = quantize_model(
+            &checkpoint,
+            &samples(7, 24),
+            &backend,
+            &options(4, 32, false),
+            &mut Silent,
+        )
+        .unwrap();
+        (model, backend.products)
+    };
+    let (expected, _) = run_with(PlainProducts::new());
+    let (model, products) = run_with(PlainProducts::new().with_quantized());
+    // True-sequential: every product of the run comes after its linear was quantized (layer
+    // 0's seven and layer 1's six, three batches each), and the plain products compute the same
+    // numbers from the codes.
+    assert_eq!(products.calls(), 7 * 3 + 6 * 3);
+    assert_eq!(products.quantized_calls(), products.calls());
+    for (a, b) in model.linears.iter().zip(&expected.linears) {
+        assert_eq!(a.packed, b.packed, "{}", a.prefix());
+    }
+}

@@ -32,11 +32,11 @@ use rayon::prelude::*;
 use crate::matmul::{faer_mut, faer_ref};
 
 /// Columns of a packed panel: four 16-lane registers.
-const PANEL: usize = 64;
+pub(crate) const PANEL: usize = 64;
 
 /// Rows of the output per work item: enough micro-tiles to reuse each panel block from L1 many
 /// times, few enough that two threads get many items to share.
-const CHUNK_ROWS: usize = 192;
+pub(crate) const CHUNK_ROWS: usize = 192;
 
 /// Whether this CPU runs the bf16 kernels (x86-64 with AVX-512F/BW and AVX512-BF16, e.g. AMD Zen 4
 /// or Intel Cooper Lake and later); otherwise the products fall back to rounded f32 products.
@@ -119,6 +119,11 @@ impl Bf16Products {
     pub fn new(par: Par) -> Self {
         Bf16Products { par }
     }
+
+    /// The parallelism the products run with.
+    pub fn par(&self) -> Par {
+        self.par
+    }
 }
 
 impl ForwardProducts for Bf16Products {
@@ -189,8 +194,8 @@ thread_local! {
 }
 
 /// `buffer` resized to `len` (new elements zero; old contents left for the caller to overwrite).
-fn recycled(mut buffer: Vec<u32>, len: usize) -> Vec<u32> {
-    buffer.resize(len, 0);
+pub(crate) fn recycled<T: Copy + Default>(mut buffer: Vec<T>, len: usize) -> Vec<T> {
+    buffer.resize(len, T::default());
     buffer
 }
 
@@ -307,7 +312,7 @@ impl PackedPanels {
 
 /// Runs `f(index, chunk)` on consecutive `size`-element chunks of `data`, on rayon's threads
 /// unless `par` is sequential.
-fn for_each_chunk<T: Send>(
+pub(crate) fn for_each_chunk<T: Send>(
     data: &mut [T],
     size: usize,
     par: Par,
@@ -320,14 +325,14 @@ fn for_each_chunk<T: Send>(
 }
 
 /// One unit of parallel work: rows `rows` of the output against panel `panel`.
-type WorkItem = (usize, Range<usize>);
+pub(crate) type WorkItem = (usize, Range<usize>);
 
 /// A raw output shared by work items that write disjoint parts of it.
 #[derive(Clone, Copy)]
-struct SharedOutput {
-    ptr: *mut f32,
-    stride: usize,
-    columns: usize,
+pub(crate) struct SharedOutput {
+    pub(crate) ptr: *mut f32,
+    pub(crate) stride: usize,
+    pub(crate) columns: usize,
 }
 
 // SAFETY: work items are built so that no two of them write the same element, and the output
@@ -338,7 +343,7 @@ unsafe impl Sync for SharedOutput {}
 
 impl SharedOutput {
     /// Columns left from column `first` (which must be inside the output), at most a panel.
-    fn panel_columns(&self, first: usize) -> usize {
+    pub(crate) fn panel_columns(&self, first: usize) -> usize {
         (self.columns - first).min(PANEL)
     }
 
@@ -347,11 +352,25 @@ impl SharedOutput {
     #[cfg(target_arch = "x86_64")]
     fn at_column(&self, first: usize) -> x86::Output {
         x86::Output {
-            // SAFETY: column `first` of row 0 lies inside the output (first < columns).
-            ptr: unsafe { self.ptr.add(first) },
+            ptr: self.column(first),
             stride: self.stride,
         }
     }
+
+    /// Row 0's element in column `first`, which must lie inside the output.
+    pub(crate) fn column(&self, first: usize) -> *mut f32 {
+        debug_assert!(first < self.columns);
+        self.ptr.wrapping_add(first)
+    }
+}
+
+/// The work items of an `[m, panels · 64]` product: row chunks outside, panels inside, so that
+/// consecutive items share their rows of the left operand in cache.
+pub(crate) fn row_chunk_items(m: usize, panels: usize) -> Vec<WorkItem> {
+    (0..m)
+        .step_by(CHUNK_ROWS)
+        .flat_map(|r| (0..panels).map(move |p| (p, r..(r + CHUNK_ROWS).min(m))))
+        .collect()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -423,11 +442,7 @@ fn kernel_x_wt(
     let w = RowPairs::from_rows(w, par, std::mem::take(&mut buffers.weights));
     let b = PackedPanels::from_rows(&w, par, std::mem::take(&mut buffers.panels));
     let panels = b.view().count();
-    // Row chunks outside, panels inside: consecutive items share their rows of `a` in cache.
-    let items: Vec<WorkItem> = (0..m)
-        .step_by(CHUNK_ROWS)
-        .flat_map(|r| (0..panels).map(move |p| (p, r..(r + CHUNK_ROWS).min(m))))
-        .collect();
+    let items = row_chunk_items(m, panels);
     let out = SharedOutput {
         ptr: out.as_mut_ptr(),
         stride: out.strides()[0] as usize,
