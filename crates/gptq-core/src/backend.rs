@@ -438,17 +438,27 @@ pub fn check_x_wt(
     w: &ArrayView2<'_, f32>,
     out: &ArrayViewMut2<'_, f32>,
 ) -> Result<()> {
-    if w.ncols() != x.ncols() {
+    check_product_shapes("weight of x · wᵀ", x, w.dim(), out)
+}
+
+/// `x` `[m, k]`, a weight (`weight`) of shape `(n, k)`, `out` `[m, n]`.
+fn check_product_shapes(
+    weight: &'static str,
+    x: &ArrayView2<'_, f32>,
+    (n, k): (usize, usize),
+    out: &ArrayViewMut2<'_, f32>,
+) -> Result<()> {
+    if k != x.ncols() {
         return Err(GptqError::ShapeMismatch {
-            what: "weight of x · wᵀ",
+            what: weight,
             expected: format!("[n, {}] (as many columns as x)", x.ncols()),
-            actual: shape2(w.nrows(), w.ncols()),
+            actual: shape2(n, k),
         });
     }
-    if out.dim() != (x.nrows(), w.nrows()) {
+    if out.dim() != (x.nrows(), n) {
         return Err(GptqError::ShapeMismatch {
             what: "output of x · wᵀ",
-            expected: shape2(x.nrows(), w.nrows()),
+            expected: shape2(x.nrows(), n),
             actual: shape2(out.nrows(), out.ncols()),
         });
     }
@@ -462,21 +472,12 @@ pub fn check_x_qwt(
     w: &QuantizedTensor,
     out: &ArrayViewMut2<'_, f32>,
 ) -> Result<()> {
-    if w.columns() != x.ncols() {
-        return Err(GptqError::ShapeMismatch {
-            what: "quantized weight of x · wᵀ",
-            expected: format!("[n, {}] (as many columns as x)", x.ncols()),
-            actual: shape2(w.rows(), w.columns()),
-        });
-    }
-    if out.dim() != (x.nrows(), w.rows()) {
-        return Err(GptqError::ShapeMismatch {
-            what: "output of x · wᵀ",
-            expected: shape2(x.nrows(), w.rows()),
-            actual: shape2(out.nrows(), out.ncols()),
-        });
-    }
-    Ok(())
+    check_product_shapes(
+        "quantized weight of x · wᵀ",
+        x,
+        (w.rows(), w.columns()),
+        out,
+    )
 }
 
 /// A compute backend: where Hessians live and where the GPTQ arithmetic runs.

@@ -2,7 +2,7 @@
 
 use faer::{Accum, MatMut, MatRef, Par};
 use gptq_core::{GptqError, Result, shape_string};
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// `c -= a · b` in f32, on views of any strides (the lazy-batch update of GPTQ).
 pub fn sub_product(
@@ -48,4 +48,66 @@ pub(crate) fn faer_mut<'a>(mut m: ArrayViewMut2<'a, f32>) -> MatMut<'a, f32> {
     // SAFETY: as in `faer_ref`; a mutable ndarray view never aliases itself (no zero or
     // overlapping strides), and we consume it, so the faer view is the only access.
     unsafe { MatMut::from_raw_parts_mut(m.as_mut_ptr(), rows, cols, strides[0], strides[1]) }
+}
+
+/// `out = x · wᵀ` (or `out += x · wᵀ` when `accumulate`) with faer's f32 product: the fallback
+/// of the bf16 and int8 products, on operands they already rounded.
+pub(crate) fn f32_x_wt(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+    par: Par,
+) {
+    let accum = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
+    faer::linalg::matmul::matmul(
+        faer_mut(out),
+        accum,
+        faer_ref(x),
+        faer_ref(w).transpose(),
+        1.0f32,
+        par,
+    );
+}
+
+/// Finishes a product with no work for a kernel: an empty output, or an empty shared dimension
+/// `k` (the output is then zero, or left as it is when accumulating). Returns whether it did.
+pub(crate) fn trivial_product(
+    out: &mut ArrayViewMut2<'_, f32>,
+    k: usize,
+    accumulate: bool,
+) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    if k == 0 {
+        if !accumulate {
+            out.fill(0.0);
+        }
+        return true;
+    }
+    false
+}
+
+/// Runs `kernel` on `out` if its rows have unit column stride, as the kernels write them, or on
+/// a row-major copy that is then written back.
+pub(crate) fn on_row_major(
+    mut out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+    kernel: impl FnOnce(ArrayViewMut2<'_, f32>),
+) {
+    if out.strides()[1] == 1 && out.strides()[0] >= 0 {
+        return kernel(out);
+    }
+    // Row-major whatever `out`'s layout (`to_owned` would keep a column-major one).
+    let mut dense = Array2::zeros(out.dim());
+    if accumulate {
+        dense.assign(&out);
+    }
+    kernel(dense.view_mut());
+    out.assign(&dense);
 }

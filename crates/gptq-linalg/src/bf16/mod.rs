@@ -23,13 +23,13 @@ mod x86;
 
 use std::ops::Range;
 
-use faer::{Accum, Par};
+use faer::Par;
 use gptq_core::{ForwardProducts, HeadAttention, Result, check_x_wt};
 use half::bf16;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::matmul::{faer_mut, faer_ref};
+use crate::matmul::{f32_x_wt, on_row_major, trivial_product};
 
 /// Columns of a packed panel: four 16-lane registers.
 pub(crate) const PANEL: usize = 64;
@@ -80,30 +80,15 @@ pub fn x_wt(
     par: Par,
 ) -> Result<()> {
     check_x_wt(&x, &w, &out)?;
-    if out.is_empty() {
-        return Ok(());
-    }
-    if x.ncols() == 0 {
-        if !accumulate {
-            out.fill(0.0);
-        }
+    if trivial_product(&mut out, x.ncols(), accumulate) {
         return Ok(());
     }
     if !kernels_available() {
         return x_wt_portable(x, w, out, accumulate, par);
     }
-    let unit_columns = out.strides()[1] == 1 && out.strides()[0] >= 0;
-    if !unit_columns {
-        // Row-major whatever `out`'s layout (`to_owned` would keep a column-major one).
-        let mut dense = Array2::zeros(out.dim());
-        if accumulate {
-            dense.assign(&out);
-        }
-        kernel_x_wt(x, w, dense.view_mut(), accumulate, par);
-        out.assign(&dense);
-        return Ok(());
-    }
-    kernel_x_wt(x, w, out, accumulate, par);
+    on_row_major(out, accumulate, |out| {
+        kernel_x_wt(x, w, out, accumulate, par)
+    });
     Ok(())
 }
 
@@ -163,19 +148,7 @@ pub fn x_wt_portable(
 ) -> Result<()> {
     check_x_wt(&x, &w, &out)?;
     let (x, w) = (x.mapv(round_bf16), w.mapv(round_bf16));
-    let accum = if accumulate {
-        Accum::Add
-    } else {
-        Accum::Replace
-    };
-    faer::linalg::matmul::matmul(
-        faer_mut(out),
-        accum,
-        faer_ref(x.view()),
-        faer_ref(w.view()).transpose(),
-        1.0f32,
-        par,
-    );
+    f32_x_wt(x.view(), w.view(), out, accumulate, par);
     Ok(())
 }
 

@@ -30,12 +30,12 @@ mod x86;
 
 use std::ops::Range;
 
-use faer::{Accum, Par};
+use faer::Par;
 use gptq_core::{ForwardProducts, HeadAttention, QuantizedTensor, Result, check_x_qwt};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use crate::bf16::Bf16Products;
-use crate::matmul::{faer_mut, faer_ref};
+use crate::matmul::{f32_x_wt, on_row_major, trivial_product};
 
 /// Most input columns that share one activation scale per row.
 pub const BLOCK: usize = 128;
@@ -215,20 +215,16 @@ pub fn x_qwt(
     accumulate: bool,
     par: Par,
 ) -> Result<()> {
+    let mut out = out;
     check_x_qwt(&x, w, &out)?;
-    if out.is_empty() {
-        return Ok(());
-    }
-    if x.ncols() == 0 {
-        let mut out = out;
-        if !accumulate {
-            out.fill(0.0);
-        }
+    if trivial_product(&mut out, x.ncols(), accumulate) {
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
     if kernels_available() && w.bits() < 8 {
-        kernel_x_qwt(x, w, out, accumulate, par);
+        on_row_major(out, accumulate, |out| {
+            kernel_x_qwt(x, w, out, accumulate, par)
+        });
         return Ok(());
     }
     x_qwt_portable(x, w, out, accumulate, par)
@@ -245,20 +241,7 @@ pub fn x_qwt_portable(
 ) -> Result<()> {
     check_x_qwt(&x, w, &out)?;
     let x = rounded_activations(x, w.g_idx());
-    let w = w.dequantize();
-    let accum = if accumulate {
-        Accum::Add
-    } else {
-        Accum::Replace
-    };
-    faer::linalg::matmul::matmul(
-        faer_mut(out),
-        accum,
-        faer_ref(x.view()),
-        faer_ref(w.view()).transpose(),
-        1.0f32,
-        par,
-    );
+    f32_x_wt(x.view(), w.dequantize().view(), out, accumulate, par);
     Ok(())
 }
 

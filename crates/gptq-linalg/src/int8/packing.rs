@@ -3,7 +3,7 @@
 
 use faer::Par;
 use gptq_core::QuantizedTensor;
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 use super::x86::{self, Activations, QuadBlock, WeightPanel};
@@ -128,7 +128,8 @@ fn pack_weights(
     }
 }
 
-/// [`super::x_qwt`] on the kernels, for shapes already checked, weights below 8 bits and `k > 0`.
+/// [`super::x_qwt`] on the kernels, for shapes already checked, weights below 8 bits, `k > 0`
+/// and rows of unit column stride.
 pub(super) fn kernel_x_qwt(
     x: ArrayView2<'_, f32>,
     w: &QuantizedTensor,
@@ -136,17 +137,6 @@ pub(super) fn kernel_x_qwt(
     accumulate: bool,
     par: Par,
 ) {
-    let unit_columns = out.strides()[1] == 1 && out.strides()[0] >= 0;
-    if !unit_columns {
-        // Row-major whatever `out`'s layout (`to_owned` would keep a column-major one).
-        let mut dense = Array2::zeros(out.dim());
-        if accumulate {
-            dense.assign(&out);
-        }
-        kernel_x_qwt(x, w, dense.view_mut(), accumulate, par);
-        out.assign(&dense);
-        return;
-    }
     let (m, n) = out.dim();
     let plan = BlockPlan::new(w.g_idx());
     let blocks = plan.blocks.len();
