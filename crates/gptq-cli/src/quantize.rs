@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use clap::ValueEnum;
 use gptq_core::{Backend, GroupSize, HessianPrecision, QuantConfig};
-use gptq_model::Checkpoint;
+use gptq_model::{Checkpoint, Compute, ProductPrecision};
 use gptq_pipeline::{
     CalibrationSource, Event, MemoryEstimate, PipelineOptions, Progress, RunReport, SystemMemory,
     Totals, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
     default_resume_dir, holds_saved_run, peak_memory_bytes, quantization_config, quantize_model,
-    remove_saved_run, saved_run_bytes, saved_run_size, write_checkpoint,
+    remove_saved_run, run_name, saved_run_bytes, saved_run_size, write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -208,10 +208,14 @@ pub fn run(args: Args) -> CliResult {
                      the rounded activations (the same results, slower)"
                 );
             }
-            let backend = CpuBackend::with_threads(threads)
-                .with_bf16_products(bf16)
-                .with_int8_products(int8);
-            pool.install(|| quantize(&args, &options, &backend))
+            let precision = match args.products {
+                Products::F32 => ProductPrecision::F32,
+                Products::Bf16 => ProductPrecision::Bf16,
+                Products::Int8 => ProductPrecision::Int8,
+            };
+            let backend = CpuBackend::with_threads(threads);
+            let compute = Compute::cpu(precision, options.par());
+            pool.install(|| quantize(&args, &options, &backend, compute))
         }
         Device::Cuda if args.products != Products::F32 => Err(format!(
             "--products {} is a CPU option: with --device cuda the GPU runs the products in f32",
@@ -226,7 +230,10 @@ pub fn run(args: Args) -> CliResult {
 #[cfg(feature = "cuda")]
 fn cuda(args: &Args, options: &PipelineOptions, pool: &rayon::ThreadPool) -> CliResult {
     let backend = gptq_cuda::CudaBackend::new(0).map_err(|e| e.to_string())?;
-    pool.install(|| quantize(args, options, &backend))
+    // The linears' products of the calibration forward passes on the GPU too (attention and
+    // the element-wise work stay on the CPU).
+    let compute = Compute::new(options.par()).with_products(&backend);
+    pool.install(|| quantize(args, options, &backend, compute))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -234,7 +241,12 @@ fn cuda(_: &Args, _: &PipelineOptions, _: &rayon::ThreadPool) -> CliResult {
     Err("this gptq was built without CUDA support: rebuild with `cargo build --release -p gptq-cli --features cuda`".into())
 }
 
-fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> CliResult {
+fn quantize<B: Backend>(
+    args: &Args,
+    options: &PipelineOptions,
+    backend: &B,
+    compute: Compute<'_>,
+) -> CliResult {
     let start = Instant::now();
     let mut bars = Bars::new();
     let checkpoint = Checkpoint::open(&args.model).map_err(|e| e.to_string())?;
@@ -311,7 +323,7 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
         gptq_pipeline::Progress::event(&mut bars, gptq_pipeline::Event::Warning(warning));
     }
 
-    let mut model = quantize_model(&checkpoint, &samples, backend, options, &mut bars)
+    let mut model = quantize_model(&checkpoint, &samples, backend, compute, options, &mut bars)
         .map_err(|e| e.to_string())?;
     model.times.calibration_load = calibration_load;
 
@@ -347,7 +359,7 @@ fn quantize<B: Backend>(args: &Args, options: &PipelineOptions, backend: &B) -> 
         quantization: quantization_config(options),
         samples: samples.len(),
         tokens: model.tokens,
-        backend: backend.name().to_string(),
+        backend: run_name(backend, &compute),
         totals: Totals {
             modules: model.modules.len(),
             loss,

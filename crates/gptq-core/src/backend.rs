@@ -12,12 +12,11 @@
 use std::ops::Range;
 use std::time::Duration;
 
-use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{Array2, ArrayView2};
 
 use crate::activations::{ActivationBatch, HessianOptions};
 use crate::error::{GptqError, Result, shape2};
 use crate::grid::{GroupParams, QuantGrid, RangeSearch};
-use crate::tensor::QuantizedTensor;
 
 /// Streams calibration batches into a Hessian.
 pub trait HessianAccumulator: Send {
@@ -293,193 +292,6 @@ pub struct BlockSolution {
     pub timings: SolveTimings,
 }
 
-/// The dense products of a model's forward pass, `out = x · wᵀ` (or `out += x · wᵀ`), for a
-/// backend that runs them itself.
-///
-/// A quantization run spends most of its time in the forward passes that produce the
-/// calibration activations, and almost all of that in these products (one per linear layer and
-/// calibration batch), so a device backend implements this trait to run them where it runs the
-/// rest; a pipeline asks [`Backend::forward_products`] for it. Implementations check shapes with
-/// [`check_x_wt`] and report failures (out of device memory, a driver error) as errors, leaving
-/// `out` unspecified.
-pub trait ForwardProducts: Send + Sync {
-    /// `out = x · wᵀ`, or `out += x · wᵀ` when `accumulate`: `x` is `[m, k]`, `w` is `[n, k]`
-    /// (`nn.Linear`'s weight layout), `out` is `[m, n]`; any strides.
-    fn x_wt(
-        &self,
-        x: ArrayView2<'_, f32>,
-        w: ArrayView2<'_, f32>,
-        out: ArrayViewMut2<'_, f32>,
-        accumulate: bool,
-    ) -> Result<()>;
-
-    /// Whether [`head_attention`](Self::head_attention) computes attention with these products.
-    /// `false` (the default) leaves attention to the caller's own f32 code; products that change
-    /// the numbers (e.g. round operands to bf16) say `true`, so that attention's products are
-    /// rounded like the linears'.
-    fn computes_attention(&self) -> bool {
-        false
-    }
-
-    /// Causal self-attention of one head over one sequence: `out = P · v` where row `i` of `P`
-    /// is `softmax` of the scores `q[i] · k[j]` of the keys `j` that query `i` sees
-    /// ([`HeadAttention::visible_keys`]) and zero elsewhere. `softmax` normalizes one query's
-    /// visible scores in place, so that the caller keeps its own. Only called when
-    /// [`computes_attention`](Self::computes_attention) says so; the default fails with
-    /// [`GptqError::Unsupported`].
-    fn head_attention(
-        &self,
-        head: HeadAttention<'_>,
-        softmax: &dyn Fn(&mut [f32]),
-        out: ArrayViewMut2<'_, f32>,
-    ) -> Result<()> {
-        let _ = (head, softmax, out);
-        Err(GptqError::Unsupported {
-            backend: "forward products",
-            what: "attention".into(),
-        })
-    }
-
-    /// Whether [`x_qwt`](Self::x_qwt) multiplies already quantized weights itself, from their
-    /// integer codes. `false` (the default): a model multiplies a quantized linear's dequantized
-    /// weights with [`x_wt`](Self::x_wt).
-    fn computes_quantized(&self) -> bool {
-        false
-    }
-
-    /// `out = x · Wᵀ`, or `out += x · Wᵀ` when `accumulate`, where `W` is the dequantized `w`
-    /// (`[n, k]`); `x` is `[m, k]`, `out` `[m, n]`, any strides. Products that compute it from
-    /// the codes may round `x` too (e.g. to 8 bits per block of inputs) and say so. Only called
-    /// when [`computes_quantized`](Self::computes_quantized) says so; the default fails with
-    /// [`GptqError::Unsupported`].
-    fn x_qwt(
-        &self,
-        x: ArrayView2<'_, f32>,
-        w: &QuantizedTensor,
-        out: ArrayViewMut2<'_, f32>,
-        accumulate: bool,
-    ) -> Result<()> {
-        let _ = (x, w, out, accumulate);
-        Err(GptqError::Unsupported {
-            backend: "forward products",
-            what: "products of quantized weights".into(),
-        })
-    }
-}
-
-/// The operands of [`ForwardProducts::head_attention`]: one head of one sequence of `len`
-/// tokens.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadAttention<'a> {
-    /// Queries `[len, head_dim]`, already scaled (by `1/sqrt(head_dim)` in Llama).
-    pub q: ArrayView2<'a, f32>,
-    /// Keys `[len, head_dim]`.
-    pub k: ArrayView2<'a, f32>,
-    /// Values `[len, head_dim]`.
-    pub v: ArrayView2<'a, f32>,
-    /// A sliding window: query `i` sees only the last `window` keys up to itself.
-    pub window: Option<usize>,
-}
-
-impl HeadAttention<'_> {
-    /// Tokens in the sequence.
-    pub fn len(&self) -> usize {
-        self.q.nrows()
-    }
-
-    /// Whether the sequence is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The keys query `i` sees: `i + 1 - window..=i` (from 0 without a window).
-    ///
-    /// ```
-    /// use gptq_core::HeadAttention;
-    /// use ndarray::Array2;
-    ///
-    /// let x = Array2::<f32>::zeros((8, 4));
-    /// let head = HeadAttention { q: x.view(), k: x.view(), v: x.view(), window: Some(3) };
-    /// assert_eq!(head.visible_keys(1), 0..2);
-    /// assert_eq!(head.visible_keys(5), 3..6);
-    /// ```
-    pub fn visible_keys(&self, i: usize) -> std::ops::Range<usize> {
-        self.window.map_or(0, |w| (i + 1).saturating_sub(w))..i + 1
-    }
-
-    /// Checks that `q`, `k`, `v` and `out` all have the shape `[len, head_dim]` of `q`.
-    pub fn check(&self, out: &ArrayViewMut2<'_, f32>) -> Result<()> {
-        for (what, dim) in [
-            ("attention keys", self.k.dim()),
-            ("attention values", self.v.dim()),
-            ("attention output", out.dim()),
-        ] {
-            if dim != self.q.dim() {
-                return Err(GptqError::ShapeMismatch {
-                    what,
-                    expected: shape2(self.q.nrows(), self.q.ncols()),
-                    actual: shape2(dim.0, dim.1),
-                });
-            }
-        }
-        if self.window == Some(0) {
-            return Err(GptqError::InvalidConfig(
-                "an attention window must hold at least one key".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-/// Checks the shapes of a [`ForwardProducts::x_wt`] call: `x` `[m, k]`, `w` `[n, k]`, `out`
-/// `[m, n]`.
-pub fn check_x_wt(
-    x: &ArrayView2<'_, f32>,
-    w: &ArrayView2<'_, f32>,
-    out: &ArrayViewMut2<'_, f32>,
-) -> Result<()> {
-    check_product_shapes("weight of x · wᵀ", x, w.dim(), out)
-}
-
-/// `x` `[m, k]`, a weight (`weight`) of shape `(n, k)`, `out` `[m, n]`.
-fn check_product_shapes(
-    weight: &'static str,
-    x: &ArrayView2<'_, f32>,
-    (n, k): (usize, usize),
-    out: &ArrayViewMut2<'_, f32>,
-) -> Result<()> {
-    if k != x.ncols() {
-        return Err(GptqError::ShapeMismatch {
-            what: weight,
-            expected: format!("[n, {}] (as many columns as x)", x.ncols()),
-            actual: shape2(n, k),
-        });
-    }
-    if out.dim() != (x.nrows(), n) {
-        return Err(GptqError::ShapeMismatch {
-            what: "output of x · wᵀ",
-            expected: shape2(x.nrows(), n),
-            actual: shape2(out.nrows(), out.ncols()),
-        });
-    }
-    Ok(())
-}
-
-/// Checks the shapes of a [`ForwardProducts::x_qwt`] call: `x` `[m, k]`, `w` `[n, k]`, `out`
-/// `[m, n]`.
-pub fn check_x_qwt(
-    x: &ArrayView2<'_, f32>,
-    w: &QuantizedTensor,
-    out: &ArrayViewMut2<'_, f32>,
-) -> Result<()> {
-    check_product_shapes(
-        "quantized weight of x · wᵀ",
-        x,
-        (w.rows(), w.columns()),
-        out,
-    )
-}
-
 /// A compute backend: where Hessians live and where the GPTQ arithmetic runs.
 ///
 /// Implement this to run GPTQ on new hardware; the solver in `gptq-solver` does the rest.
@@ -532,13 +344,6 @@ pub trait Backend: Send + Sync {
 
     /// `tr(D H Dᵀ)` for `delta = D` (`[rows, columns]`, original column order), in f64.
     fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64>;
-
-    /// The backend's own products for a model's forward pass, if it has them; `None` (the
-    /// default) leaves them to the caller's CPU code. A GPU backend returns itself, so that a
-    /// pipeline computing calibration activations runs its matrix products on the GPU as well.
-    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
-        None
-    }
 }
 
 /// A shared reference to a backend is a backend, so one backend value can serve many solvers.
@@ -583,9 +388,6 @@ impl<B: Backend> Backend for &B {
     }
     fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64> {
         (**self).quadratic_loss(hessian, delta)
-    }
-    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
-        (**self).forward_products()
     }
 }
 

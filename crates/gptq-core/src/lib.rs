@@ -18,6 +18,7 @@ mod activations;
 pub mod backend;
 mod config;
 mod error;
+pub mod forward;
 mod grid;
 mod tensor;
 #[cfg(feature = "testing")]
@@ -26,12 +27,14 @@ pub mod validate;
 
 pub use activations::{ActivationBatch, ActivationData, HessianOptions, HessianPrecision};
 pub use backend::{
-    Backend, BlockSolution, Damping, DampingPolicy, FactorRequest, FitSource, ForwardProducts,
-    GroupPlan, HeadAttention, HessianAccumulator, ParamTable, SolvePlan, SolveTimings, check_x_qwt,
-    check_x_wt,
+    Backend, BlockSolution, Damping, DampingPolicy, FactorRequest, FitSource, GroupPlan,
+    HessianAccumulator, ParamTable, SolvePlan, SolveTimings,
 };
 pub use config::{ClipSearch, GroupSize, QuantConfig, QuantConfigBuilder};
 pub use error::{GptqError, Position, Result, shape_string};
+pub use forward::{
+    AttentionProducts, ForwardCompute, HeadAttention, QuantizedProducts, check_x_qwt, check_x_wt,
+};
 pub use grid::{
     GridSpec, GroupParams, QuantGrid, RangeSearch, dequantize_code, fit_searched, quantize_value,
     weighted_error,

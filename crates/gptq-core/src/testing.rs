@@ -29,13 +29,11 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
-use crate::activations::HessianOptions;
-use crate::backend::{
-    Backend, BlockSolution, Damping, FactorRequest, ForwardProducts, HeadAttention, SolvePlan,
-    check_x_qwt, check_x_wt,
-};
 use crate::config::{ClipSearch, GroupSize, QuantConfig};
 use crate::error::{GptqError, Result};
+use crate::forward::{
+    AttentionProducts, ForwardCompute, HeadAttention, QuantizedProducts, check_x_qwt, check_x_wt,
+};
 use crate::grid::{QuantGrid, dequantize_code, quantize_value};
 use crate::tensor::QuantizedTensor;
 
@@ -151,7 +149,7 @@ pub fn check_grid_idempotent<G: QuantGrid + ?Sized>(
     Ok(())
 }
 
-/// [`ForwardProducts`] in plain loops (f64 sums, the oracle for a device's products) that counts
+/// [`ForwardCompute`] in plain loops (f64 sums, the oracle for a device's products) that counts
 /// its calls and can be told to fail, to test that a forward pass sends its products where it
 /// is told to and passes their errors on.
 #[derive(Debug, Default)]
@@ -178,8 +176,9 @@ impl PlainProducts {
         }
     }
 
-    /// These products computing attention too ([`ForwardProducts::computes_attention`]), one
-    /// call per head and sequence, counted and failing like the products.
+    /// These products computing attention too ([`ForwardCompute::attention`]), in plain loops
+    /// with an f64 softmax, one call per head and sequence, counted and failing like the
+    /// products.
     pub fn with_attention(self) -> Self {
         PlainProducts {
             attention: true,
@@ -188,7 +187,7 @@ impl PlainProducts {
     }
 
     /// These products multiplying quantized weights too
-    /// ([`ForwardProducts::computes_quantized`]): by their dequantized values in the same loops,
+    /// ([`ForwardCompute::quantized`]): by their dequantized values in the same loops,
     /// so that the numbers do not change, but counted apart
     /// ([`quantized_calls`](Self::quantized_calls)) as well as with the other calls.
     pub fn with_quantized(self) -> Self {
@@ -203,13 +202,18 @@ impl PlainProducts {
         self.calls.load(Ordering::SeqCst)
     }
 
-    /// Calls of [`ForwardProducts::x_qwt`] so far.
+    /// Calls of [`QuantizedProducts::x_qwt`] so far.
     pub fn quantized_calls(&self) -> usize {
         self.quantized_calls.load(Ordering::SeqCst)
     }
 }
 
-impl ForwardProducts for PlainProducts {
+impl ForwardCompute for PlainProducts {
+    /// "f32": plain f64 sums of the f32 operands, rounded once.
+    fn precision(&self) -> &'static str {
+        "f32"
+    }
+
     fn x_wt(
         &self,
         x: ArrayView2<'_, f32>,
@@ -223,10 +227,16 @@ impl ForwardProducts for PlainProducts {
         Ok(())
     }
 
-    fn computes_quantized(&self) -> bool {
-        self.quantized
+    fn attention(&self) -> Option<&dyn AttentionProducts> {
+        self.attention.then_some(self as &dyn AttentionProducts)
     }
 
+    fn quantized(&self) -> Option<&dyn QuantizedProducts> {
+        self.quantized.then_some(self as &dyn QuantizedProducts)
+    }
+}
+
+impl QuantizedProducts for PlainProducts {
     fn x_qwt(
         &self,
         x: ArrayView2<'_, f32>,
@@ -240,15 +250,12 @@ impl ForwardProducts for PlainProducts {
         plain_x_wt(x, w.dequantize().view(), out, accumulate);
         Ok(())
     }
+}
 
-    fn computes_attention(&self) -> bool {
-        self.attention
-    }
-
+impl AttentionProducts for PlainProducts {
     fn head_attention(
         &self,
         head: HeadAttention<'_>,
-        softmax: &dyn Fn(&mut [f32]),
         mut out: ArrayViewMut2<'_, f32>,
     ) -> Result<()> {
         head.check(&out)?;
@@ -261,22 +268,30 @@ impl ForwardProducts for PlainProducts {
         };
         for i in 0..head.len() {
             let keys = head.visible_keys(i);
-            let mut p: Vec<f32> = keys
+            let scores: Vec<f64> = keys
                 .clone()
-                .map(|j| dot(head.q.row(i), head.k.row(j)) as f32)
+                .map(|j| dot(head.q.row(i), head.k.row(j)))
                 .collect();
-            softmax(&mut p);
+            let p = plain_softmax(&scores);
             for (c, o) in out.row_mut(i).iter_mut().enumerate() {
                 let weighted: f64 = keys
                     .clone()
                     .zip(&p)
-                    .map(|(j, &pj)| f64::from(pj) * f64::from(head.v[[j, c]]))
+                    .map(|(j, &pj)| pj * f64::from(head.v[[j, c]]))
                     .sum();
                 *o = weighted as f32;
             }
         }
         Ok(())
     }
+}
+
+/// Max-subtracted softmax in f64.
+fn plain_softmax(scores: &[f64]) -> Vec<f64> {
+    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let exp: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+    let total: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / total).collect()
 }
 
 /// `out (+)= x · wᵀ` in f64 sums.
@@ -309,63 +324,6 @@ impl PlainProducts {
             });
         }
         Ok(())
-    }
-}
-
-/// A backend that is `backend` in everything but its [`Backend::forward_products`], which are
-/// `products`: runs a pipeline with a device's product routing on any backend.
-#[derive(Debug)]
-pub struct WithProducts<B, P> {
-    /// Everything but the forward products.
-    pub backend: B,
-    /// The forward products.
-    pub products: P,
-}
-
-impl<B: Backend, P: ForwardProducts> Backend for WithProducts<B, P> {
-    type Hessian = B::Hessian;
-    type Accumulator = B::Accumulator;
-    type Factor = B::Factor;
-
-    fn name(&self) -> &'static str {
-        self.backend.name()
-    }
-    fn accumulator(&self, columns: usize, options: HessianOptions) -> Result<Self::Accumulator> {
-        self.backend.accumulator(columns, options)
-    }
-    fn hessian_from_host(&self, hessian: ArrayView2<'_, f64>) -> Result<Self::Hessian> {
-        self.backend.hessian_from_host(hessian)
-    }
-    fn factor_diagonal(&self, factor: &Self::Factor) -> Result<Vec<f32>> {
-        self.backend.factor_diagonal(factor)
-    }
-    fn hessian_to_host(&self, hessian: &Self::Hessian) -> Result<Array2<f64>> {
-        self.backend.hessian_to_host(hessian)
-    }
-    fn hessian_diagonal(&self, hessian: &Self::Hessian) -> Result<Vec<f64>> {
-        self.backend.hessian_diagonal(hessian)
-    }
-    fn inverse_factor(
-        &self,
-        hessian: &Self::Hessian,
-        request: &FactorRequest<'_>,
-    ) -> Result<(Self::Factor, Damping)> {
-        self.backend.inverse_factor(hessian, request)
-    }
-    fn blocked_solve<G: QuantGrid + ?Sized>(
-        &self,
-        weights: ArrayView2<'_, f32>,
-        factor: &Self::Factor,
-        plan: &SolvePlan,
-        grid: &G,
-    ) -> Result<BlockSolution> {
-        self.backend.blocked_solve(weights, factor, plan, grid)
-    }
-    fn quadratic_loss(&self, hessian: &Self::Hessian, delta: ArrayView2<'_, f32>) -> Result<f64> {
-        self.backend.quadratic_loss(hessian, delta)
-    }
-    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
-        Some(&self.products)
     }
 }
 

@@ -14,7 +14,8 @@ use cudarc::driver::{CudaSlice, PushKernelArg};
 use gptq_core::validate::check_finite;
 use gptq_core::{Damping, FactorRequest, GptqError, Result};
 
-use crate::device::{Context, Device, Session, address, address_mut, backend_error, int, launch};
+use crate::device::{Device, Session, address, address_mut, launch};
+use crate::error::{Context, backend_error, int};
 use crate::hessian::CudaHessian;
 
 /// The upper-triangular `U` with `(P H Pᵀ + λI)⁻¹ = UᵀU`, row-major f32 in GPU memory, in

@@ -12,7 +12,8 @@ use gptq_core::{
 use half::{bf16, f16};
 use ndarray::{Array2, ArrayView1, ArrayView2};
 
-use crate::device::{Context, Device, Session, address, address_mut, int, launch};
+use crate::device::{Device, Session, address, address_mut, launch};
+use crate::error::{Context, int};
 
 /// Values (tokens × columns) staged per SYRK: 16 Mi floats, 64 MiB of f32 (plus 128 MiB of f64
 /// on the device for an f64 Hessian), and between 64 and 4096 tokens.
@@ -89,7 +90,7 @@ impl CudaHessian {
         let n = self.columns;
         let data = session.download(&self.matrix, n * n, "the Hessian")?;
         Array2::from_shape_vec((n, n), data)
-            .map_err(|e| crate::device::backend_error(format!("internal error: {e}")))
+            .map_err(|e| crate::error::backend_error(format!("internal error: {e}")))
     }
 
     /// The diagonal, on the host.

@@ -6,7 +6,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
 use cudarc::nvrtc::{CompileError, CompileOptions, Ptx};
 use gptq_core::Result;
 
-use crate::device::{Context, backend_error};
+use crate::error::{Context, backend_error};
 
 /// The CUDA C source of every kernel of the backend.
 pub const KERNEL_SOURCE: &str = include_str!("kernels.cu");
@@ -34,7 +34,7 @@ pub fn nvrtc_present() -> bool {
 pub(crate) fn check_nvrtc() -> Result<()> {
     use std::ffi::c_void;
 
-    use crate::device::backend_error;
+    use crate::error::backend_error;
     check_library!(
         "nvrtc",
         cudarc::nvrtc::sys,

@@ -16,9 +16,10 @@
 //!   the range search, the min–max grid with its clipping search, round-half-to-even, no fused
 //!   multiply-add); a cuBLAS SGEMM applies each block's lazy update.
 //! - Loss: DGEMM and a fixed-order reduction in f64 on the GPU.
-//! - Forward products ([`gptq_core::ForwardProducts`], returned by
-//!   [`Backend::forward_products`]): the linears' `x · wᵀ` of a pipeline's calibration forward
-//!   passes, one f32 SGEMM each, so `gptq quantize --device cuda` runs those on the GPU too.
+//! - Forward products ([`gptq_core::ForwardCompute`], implemented by [`CudaBackend`] beside
+//!   [`Backend`]): the linears' `x · wᵀ` of a pipeline's calibration forward passes, one f32
+//!   SGEMM each, so `gptq quantize --device cuda` runs those on the GPU too (attention stays the
+//!   model's f32 CPU attention).
 //!
 //! Everything CUDA is loaded at run time (cudarc's dynamic loading), so this crate builds
 //! anywhere; [`CudaBackend::new`] returns [`GptqError::Unsupported`] on a machine without an
@@ -38,6 +39,7 @@
 #![warn(missing_docs)]
 
 #[macro_use]
+mod error;
 mod device;
 mod factor;
 mod hessian;
@@ -49,8 +51,8 @@ mod solve;
 use std::sync::Arc;
 
 use gptq_core::{
-    Backend, BlockSolution, Damping, FactorRequest, ForwardProducts, GptqError, HessianOptions,
-    QuantGrid, Result, SolvePlan,
+    Backend, BlockSolution, Damping, FactorRequest, GptqError, HessianOptions, QuantGrid, Result,
+    SolvePlan,
 };
 use ndarray::{Array2, ArrayView2};
 
@@ -139,7 +141,7 @@ impl Backend for CudaBackend {
     type Factor = CudaFactor;
 
     fn name(&self) -> &'static str {
-        device::NAME
+        error::NAME
     }
 
     fn accumulator(
@@ -191,9 +193,5 @@ impl Backend for CudaBackend {
     fn quadratic_loss(&self, hessian: &CudaHessian, delta: ArrayView2<'_, f32>) -> Result<f64> {
         self.same_device(&hessian.device, "the Hessian")?;
         loss::quadratic_loss(hessian, delta)
-    }
-
-    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
-        Some(self)
     }
 }

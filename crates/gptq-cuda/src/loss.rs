@@ -10,7 +10,8 @@ use cudarc::driver::{LaunchConfig, PushKernelArg};
 use gptq_core::{GptqError, Result, shape_string};
 use ndarray::ArrayView2;
 
-use crate::device::{Context, address, address_mut, int, launch};
+use crate::device::{address, address_mut, launch};
+use crate::error::{Context, int};
 use crate::hessian::CudaHessian;
 
 /// Values of `D` per chunk: 8 Mi (two f64 buffers of 64 MiB, one f32 of 32 MiB).

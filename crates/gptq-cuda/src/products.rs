@@ -1,5 +1,5 @@
 //! The forward pass's products `out (+)= x · wᵀ` with cuBLAS SGEMM, for a pipeline that runs its
-//! calibration forward passes on the GPU (`Backend::forward_products`).
+//! calibration forward passes on the GPU ([`ForwardCompute`] of [`CudaBackend`]).
 //!
 //! Each call uploads `x` and `w` (and `out` when accumulating), runs one SGEMM in f32 (cuBLAS's
 //! default math mode: no TF32), and downloads `out`. The activations live on the host between
@@ -7,11 +7,12 @@
 
 use cudarc::cublas::sys as blas;
 use cudarc::driver::CudaSlice;
-use gptq_core::{ForwardProducts, Result, check_x_wt};
+use gptq_core::{ForwardCompute, Result, check_x_wt};
 use ndarray::{ArrayView2, ArrayViewMut2};
 
 use crate::CudaBackend;
-use crate::device::{Context, Session, address, address_mut, backend_error, int};
+use crate::device::{Session, address, address_mut};
+use crate::error::{Context, backend_error, int};
 
 /// One column-major SGEMM as cuBLAS takes it: `C (m × n) = op(A) · op(B) + beta · C`, with
 /// `op(A)` `m × k` and `op(B)` `k × n`.
@@ -149,7 +150,12 @@ impl CudaBackend {
     }
 }
 
-impl ForwardProducts for CudaBackend {
+impl ForwardCompute for CudaBackend {
+    /// f32 SGEMM (cuBLAS's default math mode: no TF32).
+    fn precision(&self) -> &'static str {
+        "f32"
+    }
+
     fn x_wt(
         &self,
         x: ArrayView2<'_, f32>,

@@ -18,9 +18,8 @@ use gptq_core::{
 };
 use ndarray::{Array2, ArrayView2};
 
-use crate::device::{
-    Context, Session, address, address_mut, backend_error, int, launch, unsupported,
-};
+use crate::device::{Session, address, address_mut, launch};
+use crate::error::{Context, backend_error, int, unsupported};
 use crate::factor::CudaFactor;
 
 /// Kernel modes, as in kernels.cu.

@@ -550,7 +550,7 @@ fn grids_without_a_spec_are_unsupported() {
 #[test]
 fn every_reference_case_passes_on_the_gpu() {
     let Some(cuda) = gpu() else { return };
-    let Some(dir) = gptq_solver::parity::workspace_fixture_dir() else {
+    let Some(dir) = gptq_solver::testing::workspace_fixture_dir() else {
         return;
     };
     let cases = list_cases(&dir).unwrap();
@@ -583,9 +583,7 @@ fn x_wt_f64(
 #[test]
 fn forward_products_match_the_definition() {
     let Some(cuda) = gpu() else { return };
-    let products = cuda
-        .forward_products()
-        .expect("the CUDA backend computes products");
+    let products: &dyn gptq_core::ForwardCompute = &cuda;
     // SmolLM2's and Llama-7B's linear shapes among small odd ones.
     for (rows, outputs, inner) in [
         (1, 1, 1),
@@ -667,8 +665,7 @@ fn a_decoder_layer_runs_its_products_on_the_gpu() {
         let lens = [100, 50];
         let x = seeded_matrix(150, tiny.hidden, 6, 1.0);
         let cpu = gptq_model::forward_layer(&layer, x.view(), &lens, gptq_model::Par::Seq).unwrap();
-        let compute =
-            gptq_model::Compute::new(gptq_model::Par::Seq).with_products(cuda.forward_products());
+        let compute = gptq_model::Compute::new(gptq_model::Par::Seq).with_products(&cuda);
         let gpu = gptq_model::forward_layer(&layer, x.view(), &lens, compute).unwrap();
         let err = (&gpu - &cpu).iter().fold(0f32, |m, d| m.max(d.abs()));
         assert!(err < 1e-4, "{model_type}: {err}");

@@ -11,6 +11,9 @@
 //!   inverse.
 //! - [`quadratic_loss`]: `tr(D H Dᵀ)` from half of `H`.
 //! - [`sub_product`]: `C -= A · B` on row-major matrices, the lazy-batch update.
+//! - [`CpuCompute`]: a model's forward products on the CPU (`gptq_core::ForwardCompute`) at a
+//!   [`ProductPrecision`]: f32 ([`x_wt`], [`attention::head_attention_f32`]), bf16 or int8;
+//!   and the element-wise kernels of a forward pass ([`elementwise`]).
 //! - [`bf16`](mod@bf16): products of bf16-rounded operands summed in f32, on AVX512-BF16 kernels
 //!   where the CPU has them (the forward products and Hessians of a calibration run, optionally).
 //! - [`int8`](mod@int8): products of already quantized weights with activations rounded to 8 bits
@@ -32,7 +35,10 @@
 
 #![warn(missing_docs)]
 
+pub mod attention;
 pub mod bf16;
+mod compute;
+pub mod elementwise;
 mod factor;
 mod hessian;
 pub mod int8;
@@ -41,8 +47,9 @@ mod matmul;
 pub mod reference;
 mod transpose;
 
+pub use compute::{CpuCompute, ProductPrecision};
 pub use factor::{InverseFactor, damped_inverse_factor};
 pub use faer::Par;
 pub use hessian::{CpuHessianAccumulator, Hessian};
 pub use loss::quadratic_loss;
-pub use matmul::sub_product;
+pub use matmul::{sub_product, x_wt};

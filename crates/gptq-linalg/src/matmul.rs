@@ -1,7 +1,7 @@
 //! Matrix products on ndarray views.
 
 use faer::{Accum, MatMut, MatRef, Par};
-use gptq_core::{GptqError, Result, shape_string};
+use gptq_core::{GptqError, Result, check_x_wt, shape_string};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 /// `c -= a · b` in f32, on views of any strides (the lazy-batch update of GPTQ).
@@ -50,8 +50,32 @@ pub(crate) fn faer_mut<'a>(mut m: ArrayViewMut2<'a, f32>) -> MatMut<'a, f32> {
     unsafe { MatMut::from_raw_parts_mut(m.as_mut_ptr(), rows, cols, strides[0], strides[1]) }
 }
 
-/// `out = x · wᵀ` (or `out += x · wᵀ` when `accumulate`) with faer's f32 product: the fallback
-/// of the bf16 and int8 products, on operands they already rounded.
+/// `out = x · wᵀ` (or `out += x · wᵀ` when `accumulate`) in f32 on faer: `x` is `[m, k]`, `w`
+/// is `[n, k]` (`nn.Linear`'s layout), `out` is `[m, n]`, any strides.
+///
+/// ```
+/// use gptq_linalg::{Par, x_wt};
+/// use ndarray::{Array2, array};
+///
+/// let mut out = array![[1.0f32]];
+/// x_wt(array![[1.0f32, 2.0]].view(), array![[3.0f32, 4.0]].view(), out.view_mut(), true, Par::Seq)?;
+/// assert_eq!(out, array![[12.0]]);
+/// # Ok::<(), gptq_core::GptqError>(())
+/// ```
+pub fn x_wt(
+    x: ArrayView2<'_, f32>,
+    w: ArrayView2<'_, f32>,
+    out: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+    par: Par,
+) -> Result<()> {
+    check_x_wt(&x, &w, &out)?;
+    f32_x_wt(x, w, out, accumulate, par);
+    Ok(())
+}
+
+/// [`x_wt`] without the shape check: also the fallback of the bf16 and int8 products, on
+/// operands they already rounded.
 pub(crate) fn f32_x_wt(
     x: ArrayView2<'_, f32>,
     w: ArrayView2<'_, f32>,

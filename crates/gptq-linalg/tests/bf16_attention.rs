@@ -6,23 +6,16 @@ use gptq_core::{GptqError, HeadAttention};
 use gptq_linalg::bf16;
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder, s};
 
-type Attention =
-    fn(HeadAttention<'_>, &dyn Fn(&mut [f32]), ArrayViewMut2<'_, f32>) -> gptq_core::Result<()>;
+type Attention = fn(HeadAttention<'_>, ArrayViewMut2<'_, f32>) -> gptq_core::Result<()>;
 
 const WAYS: [(&str, Attention); 2] = [
     ("head_attention", bf16::head_attention),
     ("head_attention_portable", bf16::head_attention_portable),
 ];
 
-/// A plain f32 softmax: both sides call it on the same scores.
+/// The softmax both sides run on the same f32 scores: the one the attention calls.
 fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut total = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        total += *v;
-    }
-    x.iter_mut().for_each(|v| *v /= total);
+    gptq_linalg::elementwise::softmax_in_place(x)
 }
 
 /// The attention of rounded operands in f64, with the probabilities from `softmax` on the f32
@@ -91,7 +84,7 @@ fn every_edge_of_blocks_panels_and_windows() {
                 };
                 for (name, way) in WAYS {
                     let mut out = Array2::from_elem((len, d), f32::NAN);
-                    way(head, &softmax, out.view_mut()).unwrap();
+                    way(head, out.view_mut()).unwrap();
                     let what = format!("{name}, len {len}, head_dim {d}, window {window:?}");
                     assert_close(out.view(), &head, 0.0, &what);
                 }
@@ -115,11 +108,11 @@ fn strided_operands_and_outputs() {
     };
     for (name, way) in WAYS {
         let mut column_major = Array2::from_elem((len, d).f(), f32::NAN);
-        way(head, &softmax, column_major.view_mut()).unwrap();
+        way(head, column_major.view_mut()).unwrap();
         // Real-valued scores: a probability may round to the neighbouring bf16 on one side.
         assert_close(column_major.view(), &head, 2f64.powi(-7), name);
         let mut wide = Array2::from_elem((len, 3 * d), 7.0f32);
-        way(head, &softmax, wide.slice_mut(s![.., d..2 * d])).unwrap();
+        way(head, wide.slice_mut(s![.., d..2 * d])).unwrap();
         assert_eq!(wide.slice(s![.., d..2 * d]), column_major);
         assert!(wide.slice(s![.., ..d]).iter().all(|&v| v == 7.0));
         assert!(wide.slice(s![.., 2 * d..]).iter().all(|&v| v == 7.0));
@@ -148,7 +141,7 @@ fn bad_shapes_and_windows_are_errors() {
     for (name, way) in WAYS {
         let errors: Vec<_> = heads
             .iter()
-            .map(|&head| way(head, &softmax, out.view_mut()).unwrap_err())
+            .map(|&head| way(head, out.view_mut()).unwrap_err())
             .collect();
         assert!(
             matches!(errors[0], GptqError::ShapeMismatch { .. }),
@@ -162,7 +155,7 @@ fn bad_shapes_and_windows_are_errors() {
             window: None,
         };
         let mut wrong = Array2::<f32>::zeros((4, 7));
-        assert!(way(head, &softmax, wrong.view_mut()).is_err(), "{name}");
+        assert!(way(head, wrong.view_mut()).is_err(), "{name}");
         // Empty sequences and zero-width heads have nothing to compute.
         let empty = Array2::<f32>::zeros((0, 8));
         let head = HeadAttention {
@@ -171,6 +164,6 @@ fn bad_shapes_and_windows_are_errors() {
             v: empty.view(),
             window: None,
         };
-        way(head, &softmax, Array2::zeros((0, 8)).view_mut()).unwrap();
+        way(head, Array2::zeros((0, 8)).view_mut()).unwrap();
     }
 }

@@ -3,8 +3,9 @@
 //! activations and dequantized weights.
 
 use gptq_core::testing::{announce_skip, seeded_matrix};
-use gptq_core::{ForwardProducts, GptqError, QuantizedTensor};
-use gptq_linalg::int8::{self, Int8Products, rounded_activations};
+use gptq_core::{ForwardCompute, GptqError, QuantizedTensor};
+use gptq_linalg::int8::{self, Path, rounded_activations};
+use gptq_linalg::{CpuCompute, ProductPrecision};
 use gptq_linalg::{Par, bf16};
 use ndarray::{Array2, ArrayView2, s};
 
@@ -98,14 +99,40 @@ fn product(m: usize, k: usize, n: usize, bits: u8, groups: Groups) {
     }
 }
 
+/// The kernels run exactly where the CPU has their instructions (the detection the products
+/// dispatch on agrees with the flags Linux reports), so that on a CPU with AVX512-VNNI the tests
+/// below check the kernels, not the fallback.
 #[test]
-fn kernels_report() {
-    if !int8::kernels_available() {
+fn kernels_run_where_the_cpu_has_them() {
+    let Some(flags) = cpu_flags().filter(|_| cfg!(target_arch = "x86_64")) else {
+        announce_skip("no /proc/cpuinfo flags on this x86-64 machine to check the detection by");
+        return;
+    };
+    let has = |flag: &str| flags.iter().any(|f| f == flag);
+    let expected = has("avx512f") && has("avx512bw") && has("avx512_vnni");
+    assert_eq!(int8::kernels_available(), expected, "flags: {flags:?}");
+    let w4 = quantized(8, 16, 4, Groups::Natural(16), 1);
+    let want = if expected {
+        Path::Kernels
+    } else {
+        Path::Portable
+    };
+    assert_eq!(int8::path(&w4), want);
+    if !expected {
         announce_skip(
             "the AVX512-VNNI kernels (this CPU lacks them): the int8 tests check the rounded f32 \
              fallback instead",
         );
     }
+}
+
+/// The CPU's feature flags as Linux reports them (`/proc/cpuinfo`), or `None` where there is no
+/// such file: a source independent of the `is_x86_feature_detected!` the crate dispatches on.
+fn cpu_flags() -> Option<Vec<String>> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("flags"))?;
+    let (_, flags) = line.split_once(':')?;
+    Some(flags.split_whitespace().map(str::to_string).collect())
 }
 
 #[test]
@@ -133,6 +160,8 @@ fn products_of_every_edge_shape() {
 #[test]
 fn eight_bit_weights_take_the_portable_path() {
     // q − z spans [-256, 255]: wider than a signed byte.
+    let w8 = quantized(70, 140, 8, Groups::Natural(128), 7);
+    assert_eq!(int8::path(&w8), Path::Portable);
     product(10, 140, 70, 8, Groups::Natural(128));
 }
 
@@ -229,12 +258,14 @@ fn shapes_are_checked() {
 
 #[test]
 fn the_products_split_quantized_linears_from_the_rest() {
-    let products = Int8Products::new(Par::Seq);
-    assert!(products.computes_quantized() && products.computes_attention());
+    let products = CpuCompute::new(ProductPrecision::Int8, Par::Seq);
+    assert!(products.quantized().is_some() && products.attention().is_some());
     let x = seeded_matrix(9, 130, 10, 1.0);
     let w = quantized(70, 130, 4, Groups::Natural(128), 11);
     let (mut ours, mut direct) = (Array2::zeros((9, 70)), Array2::zeros((9, 70)));
     products
+        .quantized()
+        .unwrap()
         .x_qwt(x.view(), &w, ours.view_mut(), false)
         .unwrap();
     int8::x_qwt(x.view(), &w, direct.view_mut(), false, Par::Seq).unwrap();

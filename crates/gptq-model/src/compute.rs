@@ -1,60 +1,76 @@
-//! Where a forward pass computes: faer's parallelism for everything, and optionally a backend's
-//! products for the linear layers.
+//! Where a forward pass computes: a [`ForwardCompute`] for the products, and faer's parallelism
+//! for the element-wise work and the spreading of attention heads over threads.
 
 use faer::Par;
-use gptq_core::ForwardProducts;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use gptq_core::{AttentionProducts, ForwardCompute, QuantizedProducts};
+use gptq_linalg::{CpuCompute, ProductPrecision};
 
-use crate::error::{ModelError, Result};
-use crate::linear::matmul_xwt;
-
-/// How the forward stages compute: a [`Par`] for faer's products and the element-wise work, and,
-/// if given, a backend's [`ForwardProducts`] for the products of the linear layers (one per
-/// linear and batch: where a forward pass spends its time). Attention's per-head products, the
-/// norms and the activations stay on the CPU.
+/// How the forward stages compute: a [`Par`] for the element-wise work and for spreading
+/// attention heads over threads, and a [`ForwardCompute`] for the products (the CPU's
+/// [`CpuCompute`] at some [`ProductPrecision`], or any other implementation, e.g. a GPU's).
 ///
-/// Every forward function takes `impl Into<Compute>`, so a plain [`Par`] means "all on the CPU":
+/// Every forward function takes `impl Into<Compute>`, so a plain [`Par`] means "f32 on the
+/// CPU":
 ///
 /// ```
-/// use gptq_model::{Compute, Par};
+/// use gptq_model::{Compute, Par, ProductPrecision};
 ///
 /// let cpu: Compute<'_> = Par::Seq.into();
-/// assert!(!cpu.has_products());
+/// assert_eq!(cpu.precision(), "f32");
+/// assert_eq!(Compute::cpu(ProductPrecision::Bf16, Par::Seq).precision(), "bf16");
 /// ```
 #[derive(Clone, Copy)]
 pub struct Compute<'a> {
     par: Par,
-    products: Option<&'a dyn ForwardProducts>,
+    products: Products<'a>,
+    /// Attention for products that do not compute it themselves.
+    f32_attention: CpuCompute,
+}
+
+/// The products of a [`Compute`].
+#[derive(Clone, Copy)]
+enum Products<'a> {
+    Cpu(CpuCompute),
+    Given(&'a dyn ForwardCompute),
 }
 
 impl std::fmt::Debug for Compute<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Compute")
             .field("par", &self.par)
-            .field("products", &self.products.map(|_| "backend"))
+            .field("precision", &self.precision())
             .finish()
     }
 }
 
 impl From<Par> for Compute<'_> {
     fn from(par: Par) -> Self {
-        Compute {
-            par,
-            products: None,
-        }
+        Compute::new(par)
     }
 }
 
 impl<'a> Compute<'a> {
-    /// Everything on the CPU with `par`.
+    /// f32 on the CPU with `par`.
     pub fn new(par: Par) -> Self {
-        par.into()
+        Compute::cpu(ProductPrecision::F32, par)
     }
 
-    /// The linears' products on `products` when it is `Some` (e.g.
-    /// `gptq_core::Backend::forward_products` of a GPU backend), on the CPU otherwise.
-    pub fn with_products(self, products: Option<&'a dyn ForwardProducts>) -> Self {
-        Compute { products, ..self }
+    /// The CPU's products at `precision` ([`CpuCompute`]), everything spread over `par`.
+    pub fn cpu(precision: ProductPrecision, par: Par) -> Self {
+        Compute {
+            par,
+            products: Products::Cpu(CpuCompute::new(precision, par)),
+            f32_attention: CpuCompute::f32(par),
+        }
+    }
+
+    /// The products on `products` (a GPU's, a test's); attention too when `products` computes
+    /// it ([`ForwardCompute::attention`]), f32 on the CPU otherwise.
+    pub fn with_products(self, products: &'a dyn ForwardCompute) -> Self {
+        Compute {
+            products: Products::Given(products),
+            ..self
+        }
     }
 
     /// The CPU parallelism.
@@ -62,39 +78,26 @@ impl<'a> Compute<'a> {
         self.par
     }
 
-    /// Whether a backend computes the linears' products.
-    pub fn has_products(&self) -> bool {
-        self.products.is_some()
-    }
-
-    /// The backend's products when they compute attention too
-    /// ([`ForwardProducts::computes_attention`]).
-    pub(crate) fn attention_products(&self) -> Option<&'a dyn ForwardProducts> {
-        self.products.filter(|p| p.computes_attention())
-    }
-
-    /// The backend's products when they multiply quantized weights by their codes
-    /// ([`ForwardProducts::computes_quantized`]).
-    pub(crate) fn quantized_products(&self) -> Option<&'a dyn ForwardProducts> {
-        self.products.filter(|p| p.computes_quantized())
-    }
-
-    /// `out (+)= x · wᵀ` where this compute says.
-    pub(crate) fn x_wt(
-        &self,
-        out: ArrayViewMut2<'_, f32>,
-        accumulate: bool,
-        x: ArrayView2<'_, f32>,
-        w: ArrayView2<'_, f32>,
-    ) -> Result<()> {
-        match self.products {
-            Some(products) => products
-                .x_wt(x, w, out, accumulate)
-                .map_err(ModelError::Products),
-            None => {
-                matmul_xwt(out, accumulate, x, w, self.par);
-                Ok(())
-            }
+    /// The products of the linears.
+    pub fn products(&self) -> &dyn ForwardCompute {
+        match &self.products {
+            Products::Cpu(cpu) => cpu,
+            Products::Given(given) => *given,
         }
+    }
+
+    /// How the products round their operands ([`ForwardCompute::precision`]).
+    pub fn precision(&self) -> &'static str {
+        self.products().precision()
+    }
+
+    /// Attention: the products' own, or f32 on the CPU.
+    pub(crate) fn attention(&self) -> &dyn AttentionProducts {
+        self.products().attention().unwrap_or(&self.f32_attention)
+    }
+
+    /// The products of quantized weights, when the products multiply codes.
+    pub(crate) fn quantized(&self) -> Option<&dyn QuantizedProducts> {
+        self.products().quantized()
     }
 }

@@ -3,39 +3,36 @@
 //! Every stage works on a *batch*: the rows of the activation matrix are the tokens of one or
 //! more sequences laid end to end, and `seq_lens` says how many rows each sequence has
 //! (`&[x.nrows()]` for a single sequence). The linear layers run on all rows at once — one
-//! large GEMM per linear, which is where batching pays, and what a [`Compute`] can send to a
-//! backend's products — while attention runs per sequence and head on the CPU threads, with
-//! (sequence, head) pairs spread over them: in f32 here, or with the backend's products when
-//! they compute attention too ([`gptq_core::ForwardProducts::computes_attention`], e.g. bf16).
+//! large GEMM per linear, which is where batching pays, and what a [`Compute`] sends to its
+//! products — while attention runs per sequence and head, with (sequence, head) pairs spread
+//! over the CPU threads, each computed by the products' attention (f32 on the CPU when they
+//! have none, [`gptq_core::ForwardCompute::attention`]).
+//!
+//! The layer is one sequence of [`LayerStage`]s, each computing the input of a group of linears
+//! from the previous one; [`forward_layer_observed`] runs them on one batch, and a quantization
+//! pipeline runs each over all of its batches before the next:
 //!
 //! ```text
-//! normed  = rms_norm(x, input_layernorm)                 ← input of q/k/v_proj
-//! attn    = attention_core(layer, normed)                ← input of o_proj
+//! normed  = rms_norm(x, input_layernorm)                 ← input of q/k/v_proj   (Attention)
+//! attn    = attention_core(layer, normed)                ← input of o_proj       (AttentionOutput)
 //! h       = x + o_proj(attn)
-//! normed2 = rms_norm(h, post_attention_layernorm)        ← input of gate/up_proj
-//! inner   = mlp_inner(layer, normed2)                    ← input of down_proj
-//! out     = h + down_proj(inner)
+//! normed2 = rms_norm(h, post_attention_layernorm)        ← input of gate/up_proj (Mlp)
+//! inner   = mlp_inner(layer, normed2)                    ← input of down_proj    (MlpOutput)
+//! out     = h + down_proj(inner)                                                 (finish_layer)
 //! ```
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
+use faer::Par;
 use gptq_core::HeadAttention;
+use gptq_linalg::elementwise::{is_parallel, rms_norm_heads_in_place, silu_mul_inplace};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use crate::compute::Compute;
 use crate::error::{ModelError, Result};
 use crate::layer::{DecoderLayer, LinearId};
-use crate::ops::{
-    is_parallel, rms_norm_heads_in_place, rms_norm_par, silu_mul_inplace, softmax_in_place,
-};
+use crate::ops::rms_norm_par;
 use crate::pool::recycle;
 use crate::rope::RopeTable;
-
-/// Query rows per attention block. Causal attention only needs keys up to the block's last
-/// query, so blocking skips most of the masked upper triangle (12 % waste at 512 tokens)
-/// while keeping each product a reasonably sized GEMM.
-const QUERY_BLOCK: usize = 64;
 
 fn check_batch(
     what: &'static str,
@@ -57,7 +54,8 @@ fn check_batch(
 /// Self-attention up to, not including, `o_proj`: q/k/v projections (with biases if any),
 /// Qwen3's per-head RMSNorm of queries and keys (if the layer has one), rotary embeddings in
 /// Hugging Face's rotate-half convention (except in SmolLM3's layers without them), and
-/// grouped-query causal attention with an f32 max-subtracted softmax. `normed` is
+/// grouped-query causal attention with a max-subtracted softmax on the compute's attention
+/// products. `normed` is
 /// `[tokens, hidden]` (the output of the input RMSNorm); the result is
 /// `[tokens, heads·head_dim]`, the input of `o_proj`.
 pub fn attention_core<'c>(
@@ -122,7 +120,7 @@ pub fn attention_core<'c>(
     // Every (sequence, head) task below writes its whole block, so no zero fill is needed.
     let mut out = crate::pool::scratch(q.nrows(), width);
     let dst = OutPtr(out.as_mut_ptr());
-    let products = compute.attention_products();
+    let attention = compute.attention();
     let run = |&(i, h): &(usize, usize)| -> Result<()> {
         let geo = HeadGeometry {
             start: starts[i],
@@ -139,26 +137,14 @@ pub fn attention_core<'c>(
         // both a sequence and a head, so the regions written are disjoint and nothing reads
         // `out` until all tasks are done.
         let block = unsafe {
-            MatMut::from_raw_parts_mut(
+            ArrayViewMut2::from_shape_ptr(
+                (seq_lens[i], d).strides((width, 1)),
                 dst.get().add(starts[i] * width + h * d),
-                seq_lens[i],
-                d,
-                width as isize,
-                1,
             )
         };
-        match products {
-            Some(products) => {
-                let head = geo.head(qs, ks, vs);
-                products
-                    .head_attention(head, &softmax_in_place, faer_to_ndarray(block))
-                    .map_err(ModelError::Products)
-            }
-            None => {
-                head_attention(qs, ks, vs, &geo, block);
-                Ok(())
-            }
-        }
+        attention
+            .head_attention(geo.head(qs, ks, vs), block)
+            .map_err(ModelError::Products)
     };
     if is_parallel(par) {
         tasks.par_iter().try_for_each(run)?;
@@ -229,68 +215,6 @@ impl HeadGeometry {
     }
 }
 
-/// An ndarray view of a faer block (same memory, same strides).
-fn faer_to_ndarray(m: MatMut<'_, f32>) -> ArrayViewMut2<'_, f32> {
-    let (rows, cols) = (m.nrows(), m.ncols());
-    let strides = (m.row_stride() as usize, m.col_stride() as usize);
-    // SAFETY: the faer view covers `rows × cols` elements at these (non-negative) strides for
-    // its lifetime, which the ndarray view inherits; consuming it leaves the new view the only
-    // access.
-    unsafe { ArrayViewMut2::from_shape_ptr((rows, cols).strides(strides), m.as_ptr_mut()) }
-}
-
-/// Causal attention of one head over one sequence, written into `out` (`[len, head_dim]`).
-fn head_attention(q: &[f32], k: &[f32], v: &[f32], g: &HeadGeometry, mut out: MatMut<'_, f32>) {
-    let len = g.len;
-    let mut scores = vec![0f32; QUERY_BLOCK.min(len) * len];
-    // Strided views of this head's columns: no copy of q, k or v.
-    fn view<'a>(
-        m: &'a [f32],
-        g: &HeadGeometry,
-        stride: usize,
-        col: usize,
-        row0: usize,
-        rows: usize,
-    ) -> MatRef<'a, f32> {
-        let off = (g.start + row0) * stride + col;
-        let end = off + (rows - 1) * stride + g.head_dim;
-        MatRef::from_row_major_slice_with_stride(&m[off..end], rows, g.head_dim, stride)
-    }
-    for r0 in (0..len).step_by(QUERY_BLOCK) {
-        let r1 = (r0 + QUERY_BLOCK).min(len);
-        let rows = r1 - r0;
-        // First key any query of the block may see.
-        let k0 = g.window.map_or(0, |w| (r0 + 1).saturating_sub(w));
-        let nk = r1 - k0;
-        let sc = &mut scores[..rows * nk];
-        matmul(
-            MatMut::from_row_major_slice_mut(sc, rows, nk),
-            Accum::Replace,
-            view(q, g, g.q_stride, g.q_col, r0, rows),
-            view(k, g, g.kv_stride, g.kv_col, k0, nk).transpose(),
-            1.0f32,
-            Par::Seq,
-        );
-        for (r, row) in sc.chunks_exact_mut(nk).enumerate() {
-            let i = r0 + r;
-            // Keys k0 + lo ..= i are visible to query i.
-            let lo = g.window.map_or(0, |w| (i + 1).saturating_sub(w)) - k0;
-            let hi = i - k0 + 1;
-            softmax_in_place(&mut row[lo..hi]);
-            row[..lo].fill(0.0);
-            row[hi..].fill(0.0);
-        }
-        matmul(
-            out.as_mut().subrows_mut(r0, rows),
-            Accum::Replace,
-            MatRef::from_row_major_slice(sc, rows, nk),
-            view(v, g, g.kv_stride, g.kv_col, k0, nk),
-            1.0f32,
-            Par::Seq,
-        );
-    }
-}
-
 /// The MLP up to, not including, `down_proj`: `silu(gate_proj(x)) ⊙ up_proj(x)`.
 /// `normed2` is `[tokens, hidden]`; the result is `[tokens, intermediate]`.
 pub fn mlp_inner<'c>(
@@ -331,8 +255,8 @@ pub fn forward_layer<'c>(
 }
 
 /// [`forward_layer`], calling `observe` with the input of each group of linears as soon as it
-/// is computed (four calls: q/k/v, o, gate/up, down) — e.g. to accumulate GPTQ Hessians in
-/// one pass. An error from `observe` stops the pass and is returned.
+/// is computed (four calls: q/k/v, o, gate/up, down; see [`LayerStage`]) — e.g. to accumulate
+/// GPTQ Hessians in one pass. An error from `observe` stops the pass and is returned.
 pub fn forward_layer_observed<'c, F>(
     layer: &DecoderLayer,
     x: ArrayView2<'_, f32>,
@@ -344,41 +268,130 @@ where
     F: FnMut(LinearInput<'_>) -> Result<()>,
 {
     let compute = compute.into();
-    let par = compute.par();
-    let s = layer.shape;
-    check_batch("decoder layer input", &x, s.hidden_size, seq_lens)?;
-    let normed = rms_norm_par(x, layer.input_layernorm.view(), s.rms_norm_eps, par)?;
-    observe(LinearInput {
-        ids: LinearId::Q.input_group(),
-        input: normed.view(),
+    check_batch("decoder layer input", &x, layer.shape.hidden_size, seq_lens)?;
+    let mut hidden = crate::pool::scratch(x.nrows(), x.ncols());
+    hidden.assign(&x);
+    let mut input: Option<Array2<f32>> = None;
+    for stage in LayerStage::ALL {
+        let next = stage.input(layer, &mut hidden, input.take(), seq_lens, compute)?;
+        observe(LinearInput {
+            ids: stage.linears(),
+            input: next.view(),
+        })?;
+        input = Some(next);
+    }
+    finish_layer(layer, &mut hidden, input, compute)?;
+    Ok(hidden)
+}
+
+/// The stages of a decoder layer, in forward order: each computes the input that one group of
+/// linears reads (GPTQ's true-sequential groups) from the residual stream and the previous
+/// stage's input. The evaluation forward pass ([`forward_layer_observed`]) runs them one batch
+/// at a time; a quantization pipeline runs each over every batch, quantizing its linears before
+/// the next stage multiplies them.
+///
+/// ```
+/// use gptq_model::{LayerStage, LinearId};
+///
+/// let groups: Vec<&[LinearId]> = LayerStage::ALL.iter().map(|s| s.linears()).collect();
+/// assert_eq!(groups[0], &[LinearId::Q, LinearId::K, LinearId::V]);
+/// assert_eq!(groups[3], &[LinearId::Down]);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LayerStage {
+    /// The input RMSNorm: the input of q/k/v.
+    Attention,
+    /// Attention up to `o_proj` ([`attention_core`]): the input of `o_proj`.
+    AttentionOutput,
+    /// `o_proj` added to the residual stream, then the post-attention RMSNorm: the input of
+    /// gate/up.
+    Mlp,
+    /// `silu(gate) ⊙ up` ([`mlp_inner`]): the input of `down_proj`.
+    MlpOutput,
+}
+
+impl LayerStage {
+    /// Every stage, in forward order.
+    pub const ALL: [LayerStage; 4] = [
+        LayerStage::Attention,
+        LayerStage::AttentionOutput,
+        LayerStage::Mlp,
+        LayerStage::MlpOutput,
+    ];
+
+    /// The linears that read this stage's output.
+    pub fn linears(self) -> &'static [LinearId] {
+        match self {
+            LayerStage::Attention => LinearId::Q.input_group(),
+            LayerStage::AttentionOutput => LinearId::O.input_group(),
+            LayerStage::Mlp => LinearId::Gate.input_group(),
+            LayerStage::MlpOutput => LinearId::Down.input_group(),
+        }
+    }
+
+    /// This stage on one batch (`seq_lens` long sequences laid end to end): `hidden` is the
+    /// residual stream (`[tokens, hidden]`, updated in place where the stage adds to it) and
+    /// `previous` the previous stage's output (`None` for the first stage), consumed. Returns
+    /// the input of [`linears`](Self::linears).
+    pub fn input(
+        self,
+        layer: &DecoderLayer,
+        hidden: &mut Array2<f32>,
+        previous: Option<Array2<f32>>,
+        seq_lens: &[usize],
+        compute: Compute<'_>,
+    ) -> Result<Array2<f32>> {
+        let s = layer.shape;
+        let par = compute.par();
+        let previous = match (self, previous) {
+            (LayerStage::Attention, _) => {
+                let norm = layer.input_layernorm.view();
+                return rms_norm_par(hidden.view(), norm, s.rms_norm_eps, par);
+            }
+            (_, Some(previous)) => previous,
+            (_, None) => {
+                return Err(ModelError::InvalidArgument(format!(
+                    "decoder layer stage {self:?} needs the previous stage's output"
+                )));
+            }
+        };
+        // Each input is handed back as soon as it is used.
+        Ok(match self {
+            // (The first stage returned above.)
+            LayerStage::Attention | LayerStage::AttentionOutput => {
+                let attention = attention_core(layer, previous.view(), seq_lens, compute)?;
+                recycle(previous);
+                attention
+            }
+            LayerStage::Mlp => {
+                layer.o_proj.forward_add(previous.view(), hidden, compute)?;
+                recycle(previous);
+                let norm = layer.post_attention_layernorm.view();
+                rms_norm_par(hidden.view(), norm, s.rms_norm_eps, par)?
+            }
+            LayerStage::MlpOutput => {
+                let inner = mlp_inner(layer, previous.view(), compute)?;
+                recycle(previous);
+                inner
+            }
+        })
+    }
+}
+
+/// Ends a decoder layer on one batch: `hidden += down_proj(down_input)`, `down_input` being the
+/// output of [`LayerStage::MlpOutput`]; `hidden` then holds the layer's output.
+pub fn finish_layer(
+    layer: &DecoderLayer,
+    hidden: &mut Array2<f32>,
+    down_input: Option<Array2<f32>>,
+    compute: Compute<'_>,
+) -> Result<()> {
+    let inner = down_input.ok_or_else(|| {
+        ModelError::InvalidArgument(
+            "a decoder layer ends with the input of down_proj, which was not computed".into(),
+        )
     })?;
-    let attn = attention_core(layer, normed.view(), seq_lens, compute)?;
-    recycle(normed);
-    observe(LinearInput {
-        ids: LinearId::O.input_group(),
-        input: attn.view(),
-    })?;
-    let mut h = crate::pool::scratch(x.nrows(), x.ncols());
-    h.assign(&x);
-    layer.o_proj.forward_add(attn.view(), &mut h, compute)?;
-    recycle(attn);
-    let normed2 = rms_norm_par(
-        h.view(),
-        layer.post_attention_layernorm.view(),
-        s.rms_norm_eps,
-        par,
-    )?;
-    observe(LinearInput {
-        ids: LinearId::Gate.input_group(),
-        input: normed2.view(),
-    })?;
-    let inner = mlp_inner(layer, normed2.view(), compute)?;
-    recycle(normed2);
-    observe(LinearInput {
-        ids: LinearId::Down.input_group(),
-        input: inner.view(),
-    })?;
-    layer.down_proj.forward_add(inner.view(), &mut h, compute)?;
+    layer.down_proj.forward_add(inner.view(), hidden, compute)?;
     recycle(inner);
-    Ok(h)
+    Ok(())
 }

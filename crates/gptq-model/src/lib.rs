@@ -1,24 +1,24 @@
 //! # gptq-model
 //!
-//! Llama-family Hugging Face checkpoints (llama, mistral, qwen2, qwen3, smollm3) for gptq-rs, on
-//! the CPU in f32:
+//! Llama-family Hugging Face checkpoints (llama, mistral, qwen2, qwen3, smollm3) for gptq-rs, and
+//! their forward pass:
 //!
 //! - [`Checkpoint`]: `config.json` parsed into [`ModelConfig`], `model.safetensors` (or its
 //!   shards) memory-mapped; [`Checkpoint::load_layer`] converts one [`DecoderLayer`] to f32 at a
 //!   time, [`Checkpoint::load_model`] the whole [`Model`].
 //! - [`Tokenizer`]: `tokenizer.json` through the `tokenizers` crate.
-//! - The decoder forward pass in the stages GPTQ needs ([`rms_norm`], [`attention_core`],
-//!   [`mlp_inner`], [`forward_layer`], [`forward_layer_observed`]), on batches of sequences
-//!   laid end to end, with every product a faer GEMM, or the linears' on a backend's products
-//!   (see [`Compute`]).
+//! - The decoder forward pass in the stages GPTQ needs ([`LayerStage`], [`finish_layer`],
+//!   [`rms_norm`], [`attention_core`], [`mlp_inner`], [`forward_layer`],
+//!   [`forward_layer_observed`]), on batches of sequences laid end to end, every product on a
+//!   [`Compute`]'s `gptq_core::ForwardCompute` (the CPU's f32, bf16 or int8 products of
+//!   `gptq_linalg::CpuCompute`, a GPU's, a test's).
 //! - [`perplexity`] by the GPTQ paper's protocol, and calibration loaders ([`calib`]).
 //!
 //! Examples: `examples/perplexity.rs` (WikiText-2 perplexity of a checkpoint) and
 //! `examples/layer_bench.rs` (layer-forward GFLOP/s against faer's plain GEMM).
 //!
 //! Parallelism is the caller's choice: every compute function takes a [`faer::Par`] (the forward
-//! stages take anything that converts into a [`Compute`], which can also send the linears'
-//! products to a backend's `gptq_core::ForwardProducts`, e.g. a GPU's).
+//! stages take anything that converts into a [`Compute`]: a plain `Par` is f32 on the CPU).
 //! `Par::Seq` runs on the calling thread. `Par::rayon(n)` splits each GEMM into `n` tasks and
 //! spreads attention heads and element-wise work over the *current* rayon pool, so to use
 //! exactly `n` threads, run inside a `rayon::ThreadPool` of `n` threads
@@ -33,6 +33,7 @@ mod error;
 mod eval;
 mod forward;
 pub mod gptq;
+mod json_fields;
 mod layer;
 mod linear;
 mod model;
@@ -48,12 +49,17 @@ pub use compute::Compute;
 pub use config::{Architecture, LayerShape, ModelConfig};
 pub use error::{ModelError, Result};
 pub use eval::{PerplexityOptions, PerplexityReport, eval_windows, perplexity};
-pub use forward::{LinearInput, attention_core, forward_layer, forward_layer_observed, mlp_inner};
+pub use forward::{
+    LayerStage, LinearInput, attention_core, finish_layer, forward_layer, forward_layer_observed,
+    mlp_inner,
+};
 pub use gptq::GptqQuantization;
+pub use gptq_linalg::ProductPrecision;
+pub use gptq_linalg::elementwise::exp_f32;
 pub use layer::{DecoderLayer, HeadNorms, LinearId};
 pub use linear::Linear;
 pub use model::{Checkpoint, EMBED_TOKENS, FINAL_NORM, LM_HEAD, Model, NllSum, embed};
-pub use ops::{exp_f32, rms_norm, rms_norm_par};
+pub use ops::{rms_norm, rms_norm_par};
 pub use pool::{DEFAULT_BUFFER_POOL_BYTES, recycle_buffer, set_buffer_pool_limit};
 pub use rope::{RopeScaling, RopeTable};
 pub use tokenizer::Tokenizer;

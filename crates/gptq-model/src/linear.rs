@@ -1,51 +1,10 @@
-//! `nn.Linear`, its products through faer or a backend's [`ForwardProducts`](gptq_core::ForwardProducts).
+//! `nn.Linear`, its products through a [`Compute`]'s [`ForwardCompute`](gptq_core::ForwardCompute).
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef, Par};
 use gptq_core::QuantizedTensor;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 
 use crate::compute::Compute;
 use crate::error::{ModelError, Result};
-
-/// A faer view of an ndarray view, whatever its strides (no copy).
-pub(crate) fn faer_ref<'a>(a: ArrayView2<'a, f32>) -> MatRef<'a, f32> {
-    let (r, c) = a.dim();
-    let s = a.strides();
-    // SAFETY: the pointer, shape and strides come from a live ndarray view borrowed for 'a.
-    unsafe { MatRef::from_raw_parts(a.as_ptr(), r, c, s[0], s[1]) }
-}
-
-/// A mutable faer view of an ndarray view, whatever its strides (no copy).
-pub(crate) fn faer_mut<'a>(mut a: ArrayViewMut2<'a, f32>) -> MatMut<'a, f32> {
-    let (r, c) = a.dim();
-    let (s0, s1) = (a.strides()[0], a.strides()[1]);
-    // SAFETY: as above, and the view is borrowed mutably, so faer's view is the only writer.
-    unsafe { MatMut::from_raw_parts_mut(a.as_mut_ptr(), r, c, s0, s1) }
-}
-
-/// `out (+)= x · wᵀ`: `x` is `[m, k]`, `w` is `[n, k]` (nn.Linear layout), `out` is `[m, n]`.
-pub(crate) fn matmul_xwt(
-    out: ArrayViewMut2<'_, f32>,
-    accumulate: bool,
-    x: ArrayView2<'_, f32>,
-    w: ArrayView2<'_, f32>,
-    par: Par,
-) {
-    let accum = if accumulate {
-        Accum::Add
-    } else {
-        Accum::Replace
-    };
-    matmul(
-        faer_mut(out),
-        accum,
-        faer_ref(x),
-        faer_ref(w).transpose(),
-        1.0f32,
-        par,
-    );
-}
 
 /// A linear layer `y = x Wᵀ + b`, with `W` stored `[out_features, in_features]` like
 /// PyTorch's `nn.Linear`, so that quantizers see rows = output channels, columns = inputs.
@@ -53,7 +12,7 @@ pub(crate) fn matmul_xwt(
 /// The fields are public so that the quantization pipeline can swap in dequantized weights
 /// between forward stages; [`Linear::set_weight`] does so with a shape check, and
 /// [`Linear::set_quantized`] keeps the quantized weight too, for products that multiply its
-/// codes ([`ForwardProducts::computes_quantized`](gptq_core::ForwardProducts::computes_quantized)).
+/// codes ([`ForwardCompute::quantized`](gptq_core::ForwardCompute::quantized)).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Linear {
     /// `[out_features, in_features]`.
@@ -170,12 +129,13 @@ impl Linear {
         x: ArrayView2<'_, f32>,
         compute: Compute<'_>,
     ) -> Result<()> {
-        match (&self.quantized, compute.quantized_products()) {
-            (Some(quantized), Some(products)) => products
-                .x_qwt(x, quantized, out, accumulate)
-                .map_err(ModelError::Products),
-            _ => compute.x_wt(out, accumulate, x, self.weight.view()),
+        match (&self.quantized, compute.quantized()) {
+            (Some(quantized), Some(products)) => products.x_qwt(x, quantized, out, accumulate),
+            _ => compute
+                .products()
+                .x_wt(x, self.weight.view(), out, accumulate),
         }
+        .map_err(ModelError::Products)
     }
 
     fn check_input(&self, x: &ArrayView2<'_, f32>) -> Result<()> {

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use faer::Par;
+use gptq_linalg::elementwise::{is_parallel, log_sum_exp};
 use ndarray::{Array1, Array2, ArrayView2, s};
 use rayon::prelude::*;
 
@@ -10,8 +11,8 @@ use crate::config::ModelConfig;
 use crate::error::{ModelError, Result};
 use crate::forward::forward_layer;
 use crate::layer::{DecoderLayer, HeadNorms, LinearId};
-use crate::linear::{Linear, matmul_xwt};
-use crate::ops::{is_parallel, log_sum_exp, rms_norm_par};
+use crate::linear::Linear;
+use crate::ops::rms_norm_par;
 use crate::pool::recycle;
 use crate::tokenizer::Tokenizer;
 use crate::weights::WeightStore;
@@ -289,7 +290,8 @@ impl Model {
             None => Array2::zeros((hidden.nrows(), w.nrows())),
         };
         let has_bias = self.lm_head.as_ref().is_some_and(|l| l.bias.is_some());
-        matmul_xwt(out.view_mut(), has_bias, hidden.view(), w, par);
+        gptq_linalg::x_wt(hidden.view(), w, out.view_mut(), has_bias, par)
+            .map_err(ModelError::Products)?;
         Ok(out)
     }
 
@@ -323,13 +325,9 @@ impl Model {
             if let Some(b) = bias {
                 block.assign(&b.broadcast((r1 - r0, vocab)).expect("bias"));
             }
-            matmul_xwt(
-                block.view_mut(),
-                bias.is_some(),
-                hidden.slice(s![r0..r1, ..]),
-                w,
-                par,
-            );
+            let rows = hidden.slice(s![r0..r1, ..]);
+            gptq_linalg::x_wt(rows, w, block.view_mut(), bias.is_some(), par)
+                .map_err(ModelError::Products)?;
             let block = logits.slice(s![..r1 - r0, ..]);
             let row_nll = |r: usize| -> Option<(usize, f64)> {
                 let tgt = targets[r0 + r]? as usize;

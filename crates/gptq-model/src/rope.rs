@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
-use crate::config::{Obj, opt_f64};
 use crate::error::{ModelError, Result};
+use crate::json_fields::{Obj, opt_f64};
 
 /// How the rotary frequencies are derived from the plain ones, `theta^(-2i/d)`: transformers'
 /// `rope_type`. Other kinds (dynamic, yarn, longrope...) are refused when the config is read.

@@ -219,7 +219,7 @@ fn a_backend_computes_every_linear_product_when_given() {
     let on_cpu = forward_layer(&layer, x.view(), &lens, Par::rayon(2)).unwrap();
 
     let products = PlainProducts::new();
-    let compute = Compute::new(Par::rayon(2)).with_products(Some(&products));
+    let compute = Compute::new(Par::rayon(2)).with_products(&products);
     let on_backend = forward_layer(&layer, x.view(), &lens, compute).unwrap();
     assert_eq!(
         products.calls(),
@@ -237,7 +237,7 @@ fn a_backend_computes_every_linear_product_when_given() {
     // A product that fails (a device out of memory) is an error of the pass, whichever it is.
     for call in 0..7 {
         let failing = PlainProducts::failing_at(call);
-        let compute = Compute::new(Par::Seq).with_products(Some(&failing));
+        let compute = Compute::new(Par::Seq).with_products(&failing);
         let err = forward_layer(&layer, x.view(), &lens, compute).unwrap_err();
         assert!(
             matches!(err, ModelError::Products(GptqError::Backend { .. })),
@@ -265,7 +265,7 @@ fn a_backend_computes_attention_when_it_says_so() {
         layer.shape.sliding_window = window;
         let on_cpu = forward_layer(&layer, x.view(), &lens, Par::rayon(2)).unwrap();
         let products = PlainProducts::new().with_attention();
-        let compute = Compute::new(Par::rayon(2)).with_products(Some(&products));
+        let compute = Compute::new(Par::rayon(2)).with_products(&products);
         let on_backend = forward_layer(&layer, x.view(), &lens, compute).unwrap();
         assert_eq!(products.calls(), 7 + lens.len() * tiny.heads);
         let err = max_diff(&on_backend, &on_cpu);
@@ -273,7 +273,7 @@ fn a_backend_computes_attention_when_it_says_so() {
     }
     // An attention call that fails is an error of the pass (calls 0-2 are q, k and v).
     let failing = PlainProducts::failing_at(3).with_attention();
-    let compute = Compute::new(Par::Seq).with_products(Some(&failing));
+    let compute = Compute::new(Par::Seq).with_products(&failing);
     let err = forward_layer(&layer, x.view(), &lens, compute).unwrap_err();
     assert!(
         matches!(err, ModelError::Products(GptqError::Backend { .. })),
@@ -311,7 +311,7 @@ fn quantized_linears_reach_products_that_multiply_codes() {
     }
     let (lens, x) = ([40, 25], random_input(65, tiny.hidden, 10));
     let run = |layer: &DecoderLayer, products: &PlainProducts| {
-        let compute = Compute::new(Par::Seq).with_products(Some(products));
+        let compute = Compute::new(Par::Seq).with_products(products);
         forward_layer(layer, x.view(), &lens, compute).unwrap()
     };
     // The plain products multiply the dequantized weights either way: the same numbers.

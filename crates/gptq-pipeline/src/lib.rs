@@ -4,7 +4,8 @@
 //!
 //! 1. [`CalibrationSource`]: token-id windows, random windows of a text, or a JSONL of texts.
 //! 2. [`quantize_model`]: sequential layer-by-layer GPTQ on any
-//!    [`Backend`](gptq_core::Backend), true-sequential by default, each linear computed once
+//!    [`Backend`](gptq_core::Backend), its forward passes on a `gptq_model::Compute` (any
+//!    `gptq_core::ForwardCompute`), true-sequential by default, each linear computed once
 //!    with the weights it will have; with [`PipelineOptions::resume_dir`] saved after each
 //!    layer, so that a killed run goes on where it stopped.
 //! 3. [`write_checkpoint`]: `model.safetensors` (sharded when large) with
@@ -23,7 +24,7 @@
 //! ```
 //! use gptq_core::{GroupSize, QuantConfig};
 //! use gptq_model::testing::{TempDir, Tiny};
-//! use gptq_model::{Checkpoint, PerplexityOptions, perplexity};
+//! use gptq_model::{Checkpoint, Compute, PerplexityOptions, perplexity};
 //! use gptq_pipeline::{PipelineOptions, Silent, WriteOptions, quantize_model, write_checkpoint};
 //! use gptq_solver::CpuBackend;
 //!
@@ -42,8 +43,11 @@
 //!     .symmetric(false)
 //!     .build()?;
 //! let options = PipelineOptions::new(config);
+//! // The solver's backend, and where the calibration forward passes compute (f32 on the CPU;
+//! // `Compute::cpu(ProductPrecision::Int8, par)` for the int8 kernels, a GPU's products...).
 //! let backend = CpuBackend::with_threads(options.threads);
-//! let quantized = quantize_model(&source, &windows, &backend, &options, &mut Silent)?;
+//! let compute = Compute::new(options.par());
+//! let quantized = quantize_model(&source, &windows, &backend, compute, &options, &mut Silent)?;
 //! assert_eq!(quantized.linears.len(), 2 * 7); // two layers of seven linears
 //!
 //! // A GPTQ checkpoint directory, renamed into place only once complete.
@@ -70,6 +74,7 @@ mod memory;
 mod options;
 mod progress;
 mod quantize;
+mod quantized;
 mod report;
 mod resume;
 mod writer;
@@ -79,7 +84,8 @@ pub use error::{PipelineError, Result};
 pub use memory::{MemoryEstimate, SystemMemory};
 pub use options::PipelineOptions;
 pub use progress::{Event, Progress, Silent};
-pub use quantize::{QuantizedLinear, QuantizedModel, check_model, quantize_model};
+pub use quantize::{check_model, quantize_model, run_name};
+pub use quantized::{QuantizedLinear, QuantizedModel};
 pub use report::{ModuleReport, RunReport, StageTimes, Totals, peak_memory_bytes};
 pub use resume::{
     default_resume_dir, holds_saved_run, remove_saved_run, saved_run_bytes, saved_run_size,

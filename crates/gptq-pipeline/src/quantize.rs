@@ -6,18 +6,16 @@
 //! and the three quantized; the attention output is then computed *with the quantized q/k/v*,
 //! and so on for o, gate/up and down ("true-sequential"). The layer's output, computed with its
 //! quantized weights, becomes the next layer's input. Each linear is computed once, and only
-//! one layer's activations are held at a time. The linears' products run on the backend when
-//! it has its own ([`Backend::forward_products`]: a GPU's), the rest of the forward pass on the
-//! CPU.
+//! one layer's activations are held at a time. The forward passes run on the caller's
+//! [`Compute`] (bf16 or int8 kernels, a GPU's products), beside the solver's backend.
 
 use std::time::Instant;
 
 use gptq_core::{ActivationBatch, Backend, GptqError, GroupSize, HessianAccumulator};
 use gptq_model::{
-    Checkpoint, Compute, DecoderLayer, LinearId, attention_core, embed, forward_layer, mlp_inner,
-    rms_norm_par,
+    Checkpoint, Compute, DecoderLayer, LayerStage, LinearId, embed, finish_layer, forward_layer,
 };
-use gptq_quant::{CheckpointFormat, PackedTensor, check_packable, pack};
+use gptq_quant::{CheckpointFormat, check_packable, pack};
 use gptq_solver::{Gptq, QuantizedLayer};
 use ndarray::Array2;
 use rayon::prelude::*;
@@ -25,50 +23,9 @@ use rayon::prelude::*;
 use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
 use crate::progress::{Event, Progress};
+use crate::quantized::{Batch, QuantizedLinear, QuantizedModel};
 use crate::report::{ModuleReport, StageTimes};
 use crate::resume::{Found, ResumeDir, Saved};
-
-/// One packed linear of the quantized model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantizedLinear {
-    /// Decoder layer.
-    pub layer: usize,
-    /// Which linear.
-    pub id: LinearId,
-    /// The checkpoint tensors.
-    pub packed: PackedTensor,
-}
-
-impl QuantizedLinear {
-    /// The tensor-name prefix, e.g. `model.layers.3.mlp.up_proj`.
-    pub fn prefix(&self) -> String {
-        self.id.tensor_prefix(self.layer)
-    }
-}
-
-/// The result of [`quantize_model`].
-#[derive(Debug, Clone)]
-pub struct QuantizedModel {
-    /// Every quantized linear, in layer and forward order.
-    pub linears: Vec<QuantizedLinear>,
-    /// Per-module reports, in the same order.
-    pub modules: Vec<ModuleReport>,
-    /// Where the time went (writing not included).
-    pub times: StageTimes,
-    /// The format the tensors are packed in.
-    pub format: CheckpointFormat,
-    /// Warnings raised.
-    pub warnings: Vec<String>,
-    /// Calibration tokens.
-    pub tokens: usize,
-}
-
-/// A batch of calibration sequences laid end to end: `[tokens, hidden]`.
-#[derive(Debug, Clone)]
-pub(crate) struct Batch {
-    pub(crate) hidden: Array2<f32>,
-    pub(crate) lens: Vec<usize>,
-}
 
 /// Checks, before any work, that every linear can be quantized and packed as asked, and that the
 /// weights hold every layer that config.json names, with its shapes (headers only).
@@ -119,12 +76,34 @@ pub fn check_model(checkpoint: &Checkpoint, options: &PipelineOptions) -> Result
     Ok(warnings)
 }
 
+/// What a run on `backend` with the forward passes on `compute` is called in reports and in its
+/// resume fingerprint: the backend's name, with the products' precision when they round (e.g.
+/// `cpu-bf16`), since that changes the results.
+///
+/// ```
+/// use gptq_model::{Compute, Par, ProductPrecision};
+/// use gptq_pipeline::run_name;
+/// use gptq_solver::CpuBackend;
+///
+/// let backend = CpuBackend::with_threads(1);
+/// assert_eq!(run_name(&backend, &Compute::new(Par::Seq)), "cpu");
+/// let int8 = Compute::cpu(ProductPrecision::Int8, Par::Seq);
+/// assert_eq!(run_name(&backend, &int8), "cpu-int8");
+/// ```
+pub fn run_name<B: Backend>(backend: &B, compute: &Compute<'_>) -> String {
+    match compute.precision() {
+        "f32" => backend.name().to_string(),
+        rounded => format!("{}-{rounded}", backend.name()),
+    }
+}
+
 /// Quantizes every linear of every decoder layer of `checkpoint` on `backend`, calibrated on
-/// `samples` (token ids).
+/// `samples` (token ids), the calibration forward passes running on `compute`.
 pub fn quantize_model<B: Backend>(
     checkpoint: &Checkpoint,
     samples: &[Vec<u32>],
     backend: &B,
+    compute: Compute<'_>,
     options: &PipelineOptions,
     progress: &mut dyn Progress,
 ) -> Result<QuantizedModel> {
@@ -136,9 +115,6 @@ pub fn quantize_model<B: Backend>(
         return Err(PipelineError::Invalid("no calibration samples".into()));
     }
     let config = checkpoint.config();
-    // The linears' products of the forward passes run on the backend when it has its own (a
-    // GPU's): they are most of a run's time.
-    let compute = Compute::new(options.par()).with_products(backend.forward_products());
     let layers = config.num_hidden_layers;
     let mut run = Run {
         gptq: Gptq::new(backend, options.config.clone()).with_options(options.solve),
@@ -148,10 +124,15 @@ pub fn quantize_model<B: Backend>(
         linears: Vec::new(),
         modules: Vec::new(),
     };
-    let resume = options
-        .resume_dir
-        .as_deref()
-        .map(|dir| ResumeDir::new(dir, checkpoint, samples, options, backend.name()));
+    let resume = options.resume_dir.as_deref().map(|dir| {
+        ResumeDir::new(
+            dir,
+            checkpoint,
+            samples,
+            options,
+            &run_name(backend, &compute),
+        )
+    });
     let saved = match &resume {
         Some(resume) => saved_run(resume, config, options, layers, &mut warnings, progress)?,
         None => None,
@@ -511,13 +492,14 @@ enum LayerOutput {
     Unused,
 }
 
-/// Runs one decoder layer stage by stage over all batches, calling `on_group` with the input
-/// of each group of linears before that group is used; with [`LayerOutput::Needed`], `batches`
-/// end up holding the layer's output. Time spent outside `on_group` is added to `forward`.
+/// Runs one decoder layer stage by stage ([`LayerStage`]) over all batches, calling `on_group`
+/// with the input of each group of linears before that group is used; with
+/// [`LayerOutput::Needed`], `batches` end up holding the layer's output. Time spent outside
+/// `on_group` is added to `forward`.
 ///
-/// Each stage consumes its input batch by batch (see [`map_batches`]), so at any time the
-/// residual stream, one stage's input and the next stage's output are held, never two whole
-/// stage activations beside each other.
+/// Each stage consumes its input batch by batch, so at any time the residual stream, one
+/// stage's input and the next stage's output are held, never two whole stage activations
+/// beside each other.
 fn run_stages(
     layer: &mut DecoderLayer,
     batches: &mut [Batch],
@@ -526,67 +508,31 @@ fn run_stages(
     forward: &mut f64,
     on_group: &mut OnGroup<'_>,
 ) -> Result<()> {
-    let s = layer.shape;
-    let par = compute.par();
     let lens: Vec<Vec<usize>> = batches.iter().map(|b| b.lens.clone()).collect();
     let lens: Vec<&[usize]> = lens.iter().map(Vec::as_slice).collect();
-    let norm = |b: &Batch, weight: &ndarray::Array1<f32>| {
-        rms_norm_par(b.hidden.view(), weight.view(), s.rms_norm_eps, par)
-    };
-
-    let t = Instant::now();
-    let normed = batches
-        .iter()
-        .map(|b| Ok(norm(b, &layer.input_layernorm)?))
-        .collect::<Result<Vec<_>>>()?;
-    *forward += t.elapsed().as_secs_f64();
-    on_group(LinearId::Q.input_group(), &normed, &lens, layer)?;
-
-    let t = Instant::now();
-    let attention = map_batches(normed, |i, x| {
-        Ok(attention_core(layer, x.view(), lens[i], compute)?)
-    })?;
-    *forward += t.elapsed().as_secs_f64();
-    on_group(LinearId::O.input_group(), &attention, &lens, layer)?;
-
-    let t = Instant::now();
-    let normed = map_batches(attention, |i, a| {
-        let b = &mut batches[i];
-        layer.o_proj.forward_add(a.view(), &mut b.hidden, compute)?;
-        drop(a);
-        Ok(norm(b, &layer.post_attention_layernorm)?)
-    })?;
-    *forward += t.elapsed().as_secs_f64();
-    on_group(LinearId::Gate.input_group(), &normed, &lens, layer)?;
-
-    let t = Instant::now();
-    let inner = map_batches(normed, |_, x| Ok(mlp_inner(layer, x.view(), compute)?))?;
-    *forward += t.elapsed().as_secs_f64();
-    on_group(LinearId::Down.input_group(), &inner, &lens, layer)?;
+    let mut inputs: Vec<Option<Array2<f32>>> = vec![None; batches.len()];
+    for stage in LayerStage::ALL {
+        let t = Instant::now();
+        let layer_now = &*layer;
+        let next = batches
+            .iter_mut()
+            .zip(inputs)
+            .zip(&lens)
+            .map(|((b, previous), lens)| {
+                Ok(stage.input(layer_now, &mut b.hidden, previous, lens, compute)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        *forward += t.elapsed().as_secs_f64();
+        on_group(stage.linears(), &next, &lens, layer)?;
+        inputs = next.into_iter().map(Some).collect();
+    }
     if output == LayerOutput::Unused {
         return Ok(());
     }
-
     let t = Instant::now();
-    for (b, m) in batches.iter_mut().zip(inner) {
-        layer
-            .down_proj
-            .forward_add(m.view(), &mut b.hidden, compute)?;
+    for (b, inner) in batches.iter_mut().zip(inputs) {
+        finish_layer(layer, &mut b.hidden, inner, compute)?;
     }
     *forward += t.elapsed().as_secs_f64();
     Ok(())
-}
-
-/// One forward stage over all batches: `stage(i, input_i)` for each batch in order, each
-/// input freed as soon as its output exists. A stage thus needs memory for its whole output
-/// plus one batch of its input, instead of both whole.
-fn map_batches(
-    inputs: Vec<Array2<f32>>,
-    mut stage: impl FnMut(usize, Array2<f32>) -> Result<Array2<f32>>,
-) -> Result<Vec<Array2<f32>>> {
-    inputs
-        .into_iter()
-        .enumerate()
-        .map(|(i, x)| stage(i, x))
-        .collect()
 }

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
-use crate::quantize::{Batch, QuantizedLinear};
+use crate::quantized::{Batch, QuantizedLinear};
 use crate::report::{ModuleReport, StageTimes};
 use crate::writer::{HEADER_BYTES_PER_TENSOR, Tensor, packed_tensors, quantization_config};
 

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
-use crate::quantize::QuantizedModel;
+use crate::quantized::QuantizedModel;
 
 /// The tool written into `quantization_config.meta.quantizer`.
 pub const TOOL: &str = concat!("gptq-rs:", env!("CARGO_PKG_VERSION"));

@@ -3,10 +3,12 @@
 
 use std::path::Path;
 
-use gptq_core::testing::{PlainProducts, WithProducts};
+use gptq_core::testing::PlainProducts;
 use gptq_core::{ActivationBatch, Backend, GroupSize, HessianAccumulator, QuantConfig};
 use gptq_model::testing::{TempDir, Tiny, write_config, write_safetensors};
-use gptq_model::{Checkpoint, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par};
+use gptq_model::{
+    Checkpoint, Compute, LinearId, Par, attention_core, embed, forward_layer, rms_norm_par,
+};
 use gptq_pipeline::{
     CalibrationSource, Event, MemoryEstimate, PipelineError, PipelineOptions, QuantizedModel,
     Silent, SystemMemory, WriteOptions, check_free_space, checkpoint_bytes, clean_interrupted_runs,
@@ -16,6 +18,11 @@ use gptq_quant::{CheckpointFormat, unpack};
 use gptq_solver::{CpuBackend, Gptq};
 use ndarray::Array2;
 use safetensors::Dtype;
+
+/// The forward passes of a run with `options` in f32 on the CPU, as `gptq quantize` runs them.
+fn cpu(options: &PipelineOptions) -> Compute<'static> {
+    Compute::new(options.par())
+}
 
 const TINY: Tiny = Tiny {
     model_type: "llama",
@@ -90,6 +97,7 @@ fn run(dir: &Path, options: &PipelineOptions) -> (Checkpoint, QuantizedModel) {
         &checkpoint,
         &samples(7, 24),
         &CpuBackend::with_threads(1),
+        cpu(options),
         options,
         &mut Silent,
     )
@@ -550,6 +558,7 @@ fn bad_requests_fail_with_a_message_that_names_the_fix() {
         &checkpoint,
         &samples(2, 8),
         &backend,
+        cpu(&options(3, 16, true)),
         &options(3, 16, true),
         &mut Silent,
     )
@@ -559,6 +568,7 @@ fn bad_requests_fail_with_a_message_that_names_the_fix() {
         &checkpoint,
         &samples(2, 8),
         &backend,
+        cpu(&options(4, 64, true)),
         &options(4, 64, true),
         &mut Silent,
     )
@@ -568,6 +578,7 @@ fn bad_requests_fail_with_a_message_that_names_the_fix() {
         &checkpoint,
         &[],
         &backend,
+        cpu(&options(4, 16, true)),
         &options(4, 16, true),
         &mut Silent,
     )
@@ -589,8 +600,15 @@ fn bad_requests_fail_with_a_message_that_names_the_fix() {
     )
     .unwrap();
     let quantized = Checkpoint::open(&target).unwrap();
-    let err =
-        quantize_model(&quantized, &samples(2, 8), &backend, &options, &mut Silent).unwrap_err();
+    let err = quantize_model(
+        &quantized,
+        &samples(2, 8),
+        &backend,
+        cpu(&options),
+        &options,
+        &mut Silent,
+    )
+    .unwrap_err();
     assert!(
         err.to_string().contains("already a GPTQ checkpoint"),
         "{err}"
@@ -648,7 +666,15 @@ fn an_activation_that_overflows_is_named_by_layer_sample_and_token() {
     let mut options = options(4, 32, true);
     options.batch_sequences = 4; // the sample is found across batches
     let backend = CpuBackend::with_threads(1);
-    let err = quantize_model(&source, &windows, &backend, &options, &mut Silent).unwrap_err();
+    let err = quantize_model(
+        &source,
+        &windows,
+        &backend,
+        cpu(&options),
+        &options,
+        &mut Silent,
+    )
+    .unwrap_err();
     let message = err.to_string();
     assert!(
         message.starts_with("layer 0: the input of self_attn.q_proj")
@@ -677,7 +703,15 @@ fn run_until(
             _ => {}
         };
         let backend = CpuBackend::with_threads(1);
-        quantize_model(source, windows, &backend, options, &mut progress).unwrap()
+        quantize_model(
+            source,
+            windows,
+            &backend,
+            cpu(options),
+            options,
+            &mut progress,
+        )
+        .unwrap()
     }));
     (result.ok(), warnings)
 }
@@ -763,13 +797,29 @@ fn an_interrupted_run_resumes_with_the_same_result() {
     parsed["modules"].as_array_mut().unwrap().pop();
     std::fs::write(&state_json, parsed.to_string()).unwrap();
     let backend = CpuBackend::with_threads(1);
-    let err = quantize_model(&source, &windows[1..], &backend, &other, &mut Silent).unwrap_err();
+    let err = quantize_model(
+        &source,
+        &windows[1..],
+        &backend,
+        cpu(&other),
+        &other,
+        &mut Silent,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("is incomplete"), "{err}");
 
     // A damaged state is refused with the way out.
     std::fs::write(state.path().join("state").join("state.json"), "{").unwrap();
     let backend = CpuBackend::with_threads(1);
-    let err = quantize_model(&source, &windows, &backend, &options, &mut Silent).unwrap_err();
+    let err = quantize_model(
+        &source,
+        &windows,
+        &backend,
+        cpu(&options),
+        &options,
+        &mut Silent,
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("delete that directory"), "{err}");
 
     remove_saved_run(&saved).unwrap();
@@ -798,7 +848,15 @@ fn damping_raised_past_the_request_is_reported() {
             .damp_percent(damp)
             .build()
             .unwrap();
-        quantize_model(&checkpoint, &few, &backend, &options, &mut Silent).unwrap()
+        quantize_model(
+            &checkpoint,
+            &few,
+            &backend,
+            cpu(&options),
+            &options,
+            &mut Silent,
+        )
+        .unwrap()
     };
     let undamped = with_damping(0.0);
     let raised = undamped
@@ -873,6 +931,7 @@ fn results_do_not_depend_on_the_thread_count() {
             &checkpoint,
             &samples(12, 96),
             &backend,
+            cpu(&options),
             &options,
             &mut Silent,
         )
@@ -898,21 +957,19 @@ fn a_backend_with_its_own_products_runs_the_forward_passes() {
     {
         let mut options = options(4, 32, false);
         options.true_sequential = true_sequential;
-        let backend = WithProducts {
-            backend: CpuBackend::with_threads(1),
-            products: PlainProducts::new(),
-        };
+        let products = PlainProducts::new();
         let model = quantize_model(
             &checkpoint,
             &samples(7, 24),
-            &backend,
+            &CpuBackend::with_threads(1),
+            cpu(&options).with_products(&products),
             &options,
             &mut Silent,
         )
         .unwrap();
         // Every product of layer 0, and layer 1's but its unread `down` (three batches each);
         // without true-sequential, layer 0 runs a hooked pass and an output pass.
-        assert_eq!(backend.products.calls(), products_per_run);
+        assert_eq!(products.calls(), products_per_run);
         if !true_sequential {
             continue;
         }
@@ -939,14 +996,12 @@ fn a_backend_with_its_own_products_runs_the_forward_passes() {
     }
 
     // A product that fails stops the run with that failure named.
-    let backend = WithProducts {
-        backend: CpuBackend::with_threads(1),
-        products: PlainProducts::failing_at(9),
-    };
+    let failing = PlainProducts::failing_at(9);
     let err = quantize_model(
         &checkpoint,
         &samples(7, 24),
-        &backend,
+        &CpuBackend::with_threads(1),
+        cpu(&options(4, 32, false)).with_products(&failing),
         &options(4, 32, false),
         &mut Silent,
     )
@@ -964,19 +1019,16 @@ fn quantized_linears_multiply_their_codes_in_true_sequential_runs() {
     let source = TINY.write(9);
     let checkpoint = Checkpoint::open(source.path()).unwrap();
     let run_with = |products: PlainProducts| {
-        let backend = WithProducts {
-            backend: CpuBackend::with_threads(1),
-            products,
-        };
         let model = quantize_model(
             &checkpoint,
             &samples(7, 24),
-            &backend,
+            &CpuBackend::with_threads(1),
+            cpu(&options(4, 32, false)).with_products(&products),
             &options(4, 32, false),
             &mut Silent,
         )
         .unwrap();
-        (model, backend.products)
+        (model, products)
     };
     let (expected, _) = run_with(PlainProducts::new());
     let (model, products) = run_with(PlainProducts::new().with_quantized());

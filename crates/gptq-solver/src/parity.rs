@@ -6,7 +6,6 @@
 //! the packed checkpoint tensors `packed.*`). [`check_case`] runs one case through a backend in
 //! parity and default mode and compares everything.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use gptq_core::{
@@ -87,31 +86,6 @@ pub struct ReferenceCase {
     pub result: QuantizedTensor,
     /// The reference's packed v1 tensors, when stored.
     pub packed: Option<PackedTensor>,
-}
-
-/// The fixture folder the workspace's tests use: `$GPTQ_FIXTURES` when set, otherwise
-/// `shared/fixtures/gptq-reference` beside the repository checkout. `None`, after printing why,
-/// when the folder does not exist, so that tests skip with a message in a clone without the
-/// shared data.
-pub fn workspace_fixture_dir() -> Option<PathBuf> {
-    let dir = match std::env::var_os("GPTQ_FIXTURES") {
-        Some(dir) => PathBuf::from(dir),
-        None => {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/gptq-reference")
-        }
-    };
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        // Straight to standard error, past the test harness's capture, so that a test log
-        // shows the skip (as gptq_core::testing::announce_skip does for tests).
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "skipped: reference fixtures not found at {} (set GPTQ_FIXTURES)",
-            dir.display()
-        );
-        None
-    }
 }
 
 /// The `NAME.json` files of a fixture folder that have a `NAME.safetensors` beside them, sorted.

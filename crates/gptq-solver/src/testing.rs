@@ -13,6 +13,9 @@
 //! check_diagonal_hessian_matches_rtn(&CpuBackend::new(), &config, weight.view(), &diagonal).unwrap();
 //! ```
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
 use gptq_core::testing::seeded_matrix;
 use gptq_core::{Backend, QuantConfig, QuantizedTensor};
 use gptq_quant::MinMaxGrid;
@@ -169,4 +172,29 @@ pub fn check_against_oracle<B: Backend>(
     prop_assert_eq!(ours.tensor.g_idx(), oracle.g_idx());
     prop_assert_eq!(ours.tensor.permutation(), oracle.permutation());
     Ok(())
+}
+
+/// The reference fixture folder (see [`crate::parity`]) this workspace's tests use: `$GPTQ_FIXTURES` when set, otherwise
+/// `shared/fixtures/gptq-reference` beside the repository checkout. `None`, after printing why,
+/// when the folder does not exist, so that tests skip with a message in a clone without the
+/// shared data.
+pub fn workspace_fixture_dir() -> Option<PathBuf> {
+    let dir = match std::env::var_os("GPTQ_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/gptq-reference")
+        }
+    };
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        // Straight to standard error, past the test harness's capture, so that a test log
+        // shows the skip (as gptq_core::testing::announce_skip does for tests).
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "skipped: reference fixtures not found at {} (set GPTQ_FIXTURES)",
+            dir.display()
+        );
+        None
+    }
 }

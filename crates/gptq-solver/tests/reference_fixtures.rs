@@ -6,7 +6,7 @@ use gptq_solver::parity::{ReferenceCase, Thresholds, check_case, list_cases};
 
 #[test]
 fn every_reference_case_passes_in_parity_and_default_mode() {
-    let Some(dir) = gptq_solver::parity::workspace_fixture_dir() else {
+    let Some(dir) = gptq_solver::testing::workspace_fixture_dir() else {
         return;
     };
     let cases = list_cases(&dir).unwrap();
@@ -34,7 +34,7 @@ fn every_reference_case_passes_in_parity_and_default_mode() {
 
 #[test]
 fn the_checker_catches_a_wrong_result() {
-    let Some(dir) = gptq_solver::parity::workspace_fixture_dir() else {
+    let Some(dir) = gptq_solver::testing::workspace_fixture_dir() else {
         return;
     };
     let path = list_cases(&dir).unwrap().into_iter().next().unwrap();

@@ -8,20 +8,17 @@
 //! keys, and each block's probabilities are converted to pairs after the softmax. Elsewhere the
 //! rounded operands go through faer's f32 products.
 
-use faer::{Accum, MatMut, MatRef, Par};
 use gptq_core::{HeadAttention, Result};
-use ndarray::{Array2, ArrayViewMut2, s};
+use ndarray::{Array2, ArrayViewMut2};
 
 use super::{PANEL, kernels_available, round_bf16};
-use crate::matmul::{faer_mut, faer_ref};
+use crate::attention::{
+    BlockProducts, QUERY_BLOCK, QueryBlock, f32_scores, f32_weighted_values, run_blocks,
+};
 
-/// Query rows per block: one panel of keys, so that every block's first needed key starts a
-/// panel (or lies in it, with a sliding window).
-const QUERY_BLOCK: usize = PANEL;
-
-/// `out = P · v` for one head of one sequence, `P` being `softmax` of the visible scores
-/// `q kᵀ` (see [`ForwardProducts::head_attention`](gptq_core::ForwardProducts::head_attention)),
-/// with `q`, `k`, `v` and `P` rounded to bf16 and the sums in f32.
+/// `out = P · v` for one head of one sequence, `P` being the softmax of the visible scores
+/// `q kᵀ` (see [`AttentionProducts`](gptq_core::AttentionProducts)), with `q`, `k`, `v` and `P`
+/// rounded to bf16 and the sums in f32.
 ///
 /// ```
 /// use gptq_core::HeadAttention;
@@ -32,22 +29,14 @@ const QUERY_BLOCK: usize = PANEL;
 /// let q = array![[0.0f32, 0.0], [0.0, 0.0]];
 /// let v = array![[2.0f32, 4.0], [6.0, 8.0]];
 /// let head = HeadAttention { q: q.view(), k: q.view(), v: v.view(), window: None };
-/// let softmax = |x: &mut [f32]| {
-///     let total: f32 = x.iter().map(|v| v.exp()).sum();
-///     x.iter_mut().for_each(|v| *v = v.exp() / total);
-/// };
 /// let mut out = Array2::zeros((2, 2));
-/// bf16::head_attention(head, &softmax, out.view_mut())?;
+/// bf16::head_attention(head, out.view_mut())?;
 /// assert_eq!(out, array![[2.0, 4.0], [4.0, 6.0]]);
 /// # Ok::<(), gptq_core::GptqError>(())
 /// ```
-pub fn head_attention(
-    head: HeadAttention<'_>,
-    softmax: &dyn Fn(&mut [f32]),
-    out: ArrayViewMut2<'_, f32>,
-) -> Result<()> {
+pub fn head_attention(head: HeadAttention<'_>, out: ArrayViewMut2<'_, f32>) -> Result<()> {
     if !kernels_available() {
-        return head_attention_portable(head, softmax, out);
+        return head_attention_portable(head, out);
     }
     head.check(&out)?;
     #[cfg(target_arch = "x86_64")]
@@ -55,11 +44,11 @@ pub fn head_attention(
         let unit_columns = out.strides()[1] == 1 && out.strides()[0] >= 0;
         if !unit_columns {
             let mut dense = Array2::zeros(out.dim());
-            kernel::head_attention(&head, softmax, dense.view_mut());
+            kernel::head_attention(&head, dense.view_mut());
             let mut out = out;
             out.assign(&dense);
         } else {
-            kernel::head_attention(&head, softmax, out);
+            kernel::head_attention(&head, out);
         }
     }
     Ok(())
@@ -69,58 +58,13 @@ pub fn head_attention(
 /// through faer's f32 products (the same numbers up to the order of the f32 sums).
 pub fn head_attention_portable(
     head: HeadAttention<'_>,
-    softmax: &dyn Fn(&mut [f32]),
     mut out: ArrayViewMut2<'_, f32>,
 ) -> Result<()> {
     head.check(&out)?;
     if !out.is_empty() {
-        run_blocks(&head, softmax, &mut RoundedHead::new(&head), &mut out);
+        run_blocks(&head, &mut RoundedHead::new(&head), &mut out, PANEL);
     }
     Ok(())
-}
-
-/// The two products of a query block, however they are computed.
-trait BlockProducts {
-    /// `scores[r · nk + c] = q[r0 + r] · k[kb + c]` for `rows` rows and `nk` keys.
-    fn scores(&mut self, r0: usize, rows: usize, kb: usize, nk: usize, scores: &mut [f32]);
-
-    /// Rows `r0..r0 + rows` of `out` = `P · v[kb..kb + nk]`, `P` being `rows × nk` row-major
-    /// (`keys` is `(kb, nk)`).
-    fn weighted_values(
-        &mut self,
-        r0: usize,
-        keys: (usize, usize),
-        probabilities: &[f32],
-        out: &mut ArrayViewMut2<'_, f32>,
-    );
-}
-
-/// The block loop shared by both ways of computing the products: scores, masked softmax (masked
-/// keys get probability 0), weighted values.
-fn run_blocks(
-    head: &HeadAttention<'_>,
-    softmax: &dyn Fn(&mut [f32]),
-    products: &mut impl BlockProducts,
-    out: &mut ArrayViewMut2<'_, f32>,
-) {
-    let len = head.len();
-    let mut scores = vec![0f32; QUERY_BLOCK.min(len) * len];
-    for r0 in (0..len).step_by(QUERY_BLOCK) {
-        let rows = QUERY_BLOCK.min(len - r0);
-        // The block's first visible key, down to the start of its panel.
-        let kb = head.visible_keys(r0).start / PANEL * PANEL;
-        let nk = r0 + rows - kb;
-        let block = &mut scores[..rows * nk];
-        products.scores(r0, rows, kb, nk, block);
-        for (r, row) in block.chunks_exact_mut(nk).enumerate() {
-            let keys = head.visible_keys(r0 + r);
-            let (lo, hi) = (keys.start - kb, keys.end - kb);
-            softmax(&mut row[lo..hi]);
-            row[..lo].fill(0.0);
-            row[hi..].fill(0.0);
-        }
-        products.weighted_values(r0, (kb, nk), block, out);
-    }
 }
 
 /// The rounded operands for faer's f32 products.
@@ -143,36 +87,14 @@ impl RoundedHead {
 }
 
 impl BlockProducts for RoundedHead {
-    fn scores(&mut self, r0: usize, rows: usize, kb: usize, nk: usize, scores: &mut [f32]) {
-        faer::linalg::matmul::matmul(
-            MatMut::from_row_major_slice_mut(scores, rows, nk),
-            Accum::Replace,
-            faer_ref(self.q.slice(s![r0..r0 + rows, ..])),
-            faer_ref(self.k.slice(s![kb..kb + nk, ..])).transpose(),
-            1.0f32,
-            Par::Seq,
-        );
+    fn scores(&mut self, block: QueryBlock, scores: &mut [f32]) {
+        f32_scores(self.q.view(), self.k.view(), block, scores);
     }
 
-    fn weighted_values(
-        &mut self,
-        r0: usize,
-        (kb, nk): (usize, usize),
-        probabilities: &[f32],
-        out: &mut ArrayViewMut2<'_, f32>,
-    ) {
-        let rows = probabilities.len() / nk;
+    fn weighted_values(&mut self, block: QueryBlock, p: &[f32], out: &mut ArrayViewMut2<'_, f32>) {
         self.probabilities.clear();
-        self.probabilities
-            .extend(probabilities.iter().map(|&p| round_bf16(p)));
-        faer::linalg::matmul::matmul(
-            faer_mut(out.slice_mut(s![r0..r0 + rows, ..])),
-            Accum::Replace,
-            MatRef::from_row_major_slice(&self.probabilities, rows, nk),
-            faer_ref(self.v.slice(s![kb..kb + nk, ..])),
-            1.0f32,
-            Par::Seq,
-        );
+        self.probabilities.extend(p.iter().map(|&p| round_bf16(p)));
+        f32_weighted_values(self.v.view(), block, &self.probabilities, out);
     }
 }
 
@@ -183,7 +105,7 @@ mod kernel {
     use ndarray::ArrayViewMut2;
 
     use super::super::{Layout, Operand, PANEL, PackedPanels, Panels, RowPairs, x86};
-    use super::{BlockProducts, run_blocks};
+    use super::{BlockProducts, QueryBlock, run_blocks};
 
     /// Memory of the converted operands, kept between heads on each thread.
     #[derive(Default)]
@@ -200,14 +122,10 @@ mod kernel {
     }
 
     /// [`super::head_attention`] on the kernels; `out` has unit column stride and is not empty.
-    pub(super) fn head_attention(
-        head: &HeadAttention<'_>,
-        softmax: &dyn Fn(&mut [f32]),
-        mut out: ArrayViewMut2<'_, f32>,
-    ) {
+    pub(super) fn head_attention(head: &HeadAttention<'_>, mut out: ArrayViewMut2<'_, f32>) {
         let buffers = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         let mut products = KernelHead::new(head, buffers);
-        run_blocks(head, softmax, &mut products, &mut out);
+        run_blocks(head, &mut products, &mut out, PANEL);
         SCRATCH.with(|s| *s.borrow_mut() = products.into_buffers());
     }
 
@@ -284,7 +202,8 @@ mod kernel {
     }
 
     impl BlockProducts for KernelHead {
-        fn scores(&mut self, r0: usize, rows: usize, kb: usize, nk: usize, scores: &mut [f32]) {
+        fn scores(&mut self, block: QueryBlock, scores: &mut [f32]) {
+            let QueryBlock { r0, rows, kb, nk } = block;
             let pairs = self.queries.pairs;
             let a = Operand {
                 data: &self.queries.data[r0 * pairs..],
@@ -313,12 +232,11 @@ mod kernel {
 
         fn weighted_values(
             &mut self,
-            r0: usize,
-            (kb, nk): (usize, usize),
+            block: QueryBlock,
             probabilities: &[f32],
             out: &mut ArrayViewMut2<'_, f32>,
         ) {
-            let rows = probabilities.len() / nk;
+            let QueryBlock { r0, rows, kb, nk } = block;
             let key_pairs = self.len.div_ceil(2);
             // `kb` is even (a panel start), so the block's pairs start at pair kb / 2.
             let (first, count) = (kb / 2, nk.div_ceil(2));

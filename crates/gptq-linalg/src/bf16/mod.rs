@@ -10,7 +10,8 @@
 //!
 //! The same kernels run one head's causal attention ([`head_attention`]: `q kᵀ`, then the
 //! probabilities times `v`), so that a forward pass with bf16 products rounds attention's
-//! operands like the linears'.
+//! operands like the linears'. [`CpuCompute`](crate::CpuCompute) at
+//! [`ProductPrecision::Bf16`](crate::ProductPrecision::Bf16) hands both to a model.
 //!
 //! Where the CPU lacks AVX512-BF16 the same products are computed by rounding the operands and
 //! running faer's f32 product: the same numbers up to the order of the f32 sums, without the
@@ -24,7 +25,7 @@ mod x86;
 use std::ops::Range;
 
 use faer::Par;
-use gptq_core::{ForwardProducts, HeadAttention, Result, check_x_wt};
+use gptq_core::{Result, check_x_wt};
 use half::bf16;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -90,51 +91,6 @@ pub fn x_wt(
         kernel_x_wt(x, w, out, accumulate, par)
     });
     Ok(())
-}
-
-/// The forward products of a model in bf16 (see [`x_wt`]), for a backend to hand out through
-/// `Backend::forward_products`.
-#[derive(Debug, Clone, Copy)]
-pub struct Bf16Products {
-    par: Par,
-}
-
-impl Bf16Products {
-    /// Products run with `par`.
-    pub fn new(par: Par) -> Self {
-        Bf16Products { par }
-    }
-
-    /// The parallelism the products run with.
-    pub fn par(&self) -> Par {
-        self.par
-    }
-}
-
-impl ForwardProducts for Bf16Products {
-    fn x_wt(
-        &self,
-        x: ArrayView2<'_, f32>,
-        w: ArrayView2<'_, f32>,
-        out: ArrayViewMut2<'_, f32>,
-        accumulate: bool,
-    ) -> Result<()> {
-        x_wt(x, w, out, accumulate, self.par)
-    }
-
-    /// Attention's products are rounded like the linears': see [`head_attention`].
-    fn computes_attention(&self) -> bool {
-        true
-    }
-
-    fn head_attention(
-        &self,
-        head: HeadAttention<'_>,
-        softmax: &dyn Fn(&mut [f32]),
-        out: ArrayViewMut2<'_, f32>,
-    ) -> Result<()> {
-        head_attention(head, softmax, out)
-    }
 }
 
 /// [`x_wt`] without the kernels, what it runs on CPUs that lack them: faer's f32 product of the

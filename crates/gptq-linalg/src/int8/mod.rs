@@ -31,10 +31,9 @@ mod x86;
 use std::ops::Range;
 
 use faer::Par;
-use gptq_core::{ForwardProducts, HeadAttention, QuantizedTensor, Result, check_x_qwt};
+use gptq_core::{QuantizedTensor, Result, check_x_qwt};
 use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
-use crate::bf16::Bf16Products;
 use crate::matmul::{f32_x_wt, on_row_major, trivial_product};
 
 /// Most input columns that share one activation scale per row.
@@ -52,6 +51,36 @@ pub fn kernels_available() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
+    }
+}
+
+/// Which code computes [`x_qwt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// The AVX512-VNNI kernels.
+    Kernels,
+    /// [`x_qwt_portable`]: faer's f32 product of the rounded operands.
+    Portable,
+}
+
+/// The code that computes [`x_qwt`] of `w` on this CPU: the kernels where the CPU has them and
+/// `w`'s integers `q − z` fit a signed byte (below 8 bits), the portable product otherwise.
+///
+/// ```
+/// use gptq_core::QuantizedTensor;
+/// use gptq_linalg::int8::{self, Path};
+/// use ndarray::array;
+///
+/// let (codes, scales, zeros) = (array![[0u8, 255]], array![[1.0f32]], array![[128u16]]);
+/// let w8 = QuantizedTensor::new(8, codes, scales, zeros, vec![0, 0], None)?;
+/// assert_eq!(int8::path(&w8), Path::Portable);
+/// # Ok::<(), gptq_core::GptqError>(())
+/// ```
+pub fn path(w: &QuantizedTensor) -> Path {
+    if kernels_available() && w.bits() < 8 {
+        Path::Kernels
+    } else {
+        Path::Portable
     }
 }
 
@@ -221,7 +250,7 @@ pub fn x_qwt(
         return Ok(());
     }
     #[cfg(target_arch = "x86_64")]
-    if kernels_available() && w.bits() < 8 {
+    if path(w) == Path::Kernels {
         on_row_major(out, accumulate, |out| {
             kernel_x_qwt(x, w, out, accumulate, par)
         });
@@ -243,63 +272,6 @@ pub fn x_qwt_portable(
     let x = rounded_activations(x, w.g_idx());
     f32_x_wt(x.view(), w.dequantize().view(), out, accumulate, par);
     Ok(())
-}
-
-/// The forward products of a calibration run with 8-bit activations for quantized linears
-/// ([`x_qwt`]) and bf16 everywhere else ([`Bf16Products`]: linears not yet quantized and
-/// attention), for a backend to hand out through `Backend::forward_products`.
-#[derive(Debug, Clone, Copy)]
-pub struct Int8Products {
-    bf16: Bf16Products,
-}
-
-impl Int8Products {
-    /// Products run with `par`.
-    pub fn new(par: Par) -> Self {
-        Int8Products {
-            bf16: Bf16Products::new(par),
-        }
-    }
-}
-
-impl ForwardProducts for Int8Products {
-    fn x_wt(
-        &self,
-        x: ArrayView2<'_, f32>,
-        w: ArrayView2<'_, f32>,
-        out: ArrayViewMut2<'_, f32>,
-        accumulate: bool,
-    ) -> Result<()> {
-        self.bf16.x_wt(x, w, out, accumulate)
-    }
-
-    fn computes_attention(&self) -> bool {
-        true
-    }
-
-    fn head_attention(
-        &self,
-        head: HeadAttention<'_>,
-        softmax: &dyn Fn(&mut [f32]),
-        out: ArrayViewMut2<'_, f32>,
-    ) -> Result<()> {
-        self.bf16.head_attention(head, softmax, out)
-    }
-
-    /// Quantized linears multiply their codes by 8-bit activations: see [`x_qwt`].
-    fn computes_quantized(&self) -> bool {
-        true
-    }
-
-    fn x_qwt(
-        &self,
-        x: ArrayView2<'_, f32>,
-        w: &QuantizedTensor,
-        out: ArrayViewMut2<'_, f32>,
-        accumulate: bool,
-    ) -> Result<()> {
-        x_qwt(x, w, out, accumulate, self.bf16.par())
-    }
 }
 
 #[cfg(target_arch = "x86_64")]

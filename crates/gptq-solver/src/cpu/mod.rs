@@ -6,13 +6,10 @@ mod column_loop;
 use std::ops::Range;
 use std::time::Instant;
 
-use gptq_core::ForwardProducts;
 use gptq_core::{
     Backend, BlockSolution, Damping, FactorRequest, GptqError, GroupPlan, HessianOptions,
     QuantGrid, Result, SolvePlan, SolveTimings, shape_string,
 };
-use gptq_linalg::bf16::Bf16Products;
-use gptq_linalg::int8::Int8Products;
 use gptq_linalg::{CpuHessianAccumulator, Hessian, InverseFactor, Par, sub_product};
 use ndarray::{Array2, ArrayView2, s};
 
@@ -23,20 +20,11 @@ use column_loop::{BlockContext, RowState, quantize_rows};
 /// Results are bit-identical for any thread count: the column loop is split by rows (which are
 /// independent), and faer's products split the output, never a sum.
 ///
-/// Its forward products (a model's linears during calibration) are left to the caller, in f32,
-/// unless [`CpuBackend::with_bf16_products`] asks for bf16 ones or
-/// [`CpuBackend::with_int8_products`] for 8-bit activations against quantized weights.
+/// A model's forward passes (the calibration activations) are not the backend's: they run on a
+/// `gptq_core::ForwardCompute` of their own (`gptq_linalg::CpuCompute` on the CPU).
 #[derive(Debug, Clone, Copy)]
 pub struct CpuBackend {
     threads: usize,
-    products: Option<CpuProducts>,
-}
-
-/// The forward products a [`CpuBackend`] hands out.
-#[derive(Debug, Clone, Copy)]
-enum CpuProducts {
-    Bf16(Bf16Products),
-    Int8(Int8Products),
 }
 
 impl Default for CpuBackend {
@@ -55,54 +43,7 @@ impl CpuBackend {
     pub fn with_threads(threads: usize) -> Self {
         CpuBackend {
             threads: threads.max(1),
-            products: None,
         }
-    }
-
-    /// Hands out [`gptq_linalg::bf16`] products of bf16-rounded operands (f32 sums) from
-    /// [`Backend::forward_products`] when `enabled`: twice as fast as f32 on CPUs with
-    /// AVX512-BF16 ([`gptq_linalg::bf16::kernels_available`]), the same numbers slowly elsewhere.
-    ///
-    /// ```
-    /// use gptq_core::Backend;
-    /// use gptq_solver::CpuBackend;
-    ///
-    /// assert!(CpuBackend::with_threads(2).forward_products().is_none());
-    /// assert!(CpuBackend::with_threads(2).with_bf16_products(true).forward_products().is_some());
-    /// ```
-    pub fn with_bf16_products(self, enabled: bool) -> Self {
-        let products = match (enabled, self.products) {
-            (true, _) => Some(CpuProducts::Bf16(Bf16Products::new(self.par()))),
-            (false, Some(CpuProducts::Bf16(_))) => None,
-            (false, other) => other,
-        };
-        CpuBackend { products, ..self }
-    }
-
-    /// Hands out [`gptq_linalg::int8`] products from [`Backend::forward_products`] when
-    /// `enabled`: linears already quantized multiply their codes by activations rounded to 8
-    /// bits per block of inputs, exactly summed, on AVX512-VNNI kernels (twice the bf16 kernels'
-    /// rate); the rest (attention, linears not yet quantized) as with
-    /// [`with_bf16_products`](Self::with_bf16_products). The backend hands out one kind of
-    /// products: asking for one replaces the other, and `enabled = false` only drops its own.
-    ///
-    /// ```
-    /// use gptq_core::Backend;
-    /// use gptq_solver::CpuBackend;
-    ///
-    /// let backend = CpuBackend::with_threads(2).with_int8_products(true);
-    /// assert!(backend.forward_products().unwrap().computes_quantized());
-    /// assert_eq!(backend.name(), "cpu-int8");
-    /// assert_eq!(backend.with_bf16_products(false).name(), "cpu-int8");
-    /// assert_eq!(backend.with_int8_products(false).name(), "cpu");
-    /// ```
-    pub fn with_int8_products(self, enabled: bool) -> Self {
-        let products = match (enabled, self.products) {
-            (true, _) => Some(CpuProducts::Int8(Int8Products::new(self.par()))),
-            (false, Some(CpuProducts::Int8(_))) => None,
-            (false, other) => other,
-        };
-        CpuBackend { products, ..self }
     }
 
     /// The thread count.
@@ -124,23 +65,8 @@ impl Backend for CpuBackend {
     type Accumulator = CpuHessianAccumulator;
     type Factor = InverseFactor;
 
-    /// "cpu", or "cpu-bf16" / "cpu-int8" with bf16 / int8 forward products (different
-    /// results, which the pipeline's report and its resume fingerprint record through this
-    /// name).
     fn name(&self) -> &'static str {
-        match self.products {
-            None => "cpu",
-            Some(CpuProducts::Bf16(_)) => "cpu-bf16",
-            Some(CpuProducts::Int8(_)) => "cpu-int8",
-        }
-    }
-
-    fn forward_products(&self) -> Option<&dyn ForwardProducts> {
-        match &self.products {
-            None => None,
-            Some(CpuProducts::Bf16(p)) => Some(p),
-            Some(CpuProducts::Int8(p)) => Some(p),
-        }
+        "cpu"
     }
 
     fn accumulator(
