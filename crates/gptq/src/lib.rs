@@ -10,6 +10,33 @@ pub use gptq_solver::{
     Gptq, LayerReport, LayerTimings, QuantizedLayer, SolveOptions, parity, plan, round_to_nearest,
 };
 
+/// Hugging Face checkpoints and their forward pass (`gptq-model`, feature `pipeline`).
+#[cfg(feature = "pipeline")]
+pub use gptq_model::{
+    Checkpoint, Compute, ModelError, PerplexityOptions, ProductPrecision, Tokenizer, perplexity,
+};
+/// Whole-model quantization: the calibration source, sequential layer-by-layer GPTQ, the
+/// checkpoint writer and run reports (`gptq-pipeline`, feature `pipeline`).
+#[cfg(feature = "pipeline")]
+pub use gptq_pipeline::{
+    CalibrationSource, PipelineError, PipelineOptions, Progress, QuantizedModel, RunReport, Silent,
+    WriteOptions, quantize_model, write_checkpoint,
+};
+
+/// Hugging Face checkpoints, the staged forward pass, perplexity, calibration loaders
+/// (`gptq-model`, feature `pipeline`).
+#[cfg(feature = "pipeline")]
+pub mod model {
+    pub use gptq_model::*;
+}
+
+/// Whole-model quantization into a GPTQ checkpoint directory (`gptq-pipeline`, feature
+/// `pipeline`).
+#[cfg(feature = "pipeline")]
+pub mod pipeline {
+    pub use gptq_pipeline::*;
+}
+
 /// Grids and the packed checkpoint format (`gptq-quant`).
 pub mod quant {
     pub use gptq_quant::*;
