@@ -7,13 +7,15 @@
 
 use gptq_core::QuantizedTensor;
 use gptq_quant::{CheckpointFormat, PackedTensor, unpack};
+use half::slice::HalfFloatSliceExt;
+use half::vec::HalfFloatVecExt;
 use half::{bf16, f16};
 use ndarray::Array2;
 use safetensors::Dtype;
 use serde_json::Value;
 
 use crate::error::{ModelError, Result};
-use crate::weights::WeightStore;
+use crate::weights::{WeightStore, le_values};
 
 /// The `quantization_config` of a GPTQ checkpoint (the fields this crate reads; the whole
 /// object stays in [`ModelConfig::raw`](crate::ModelConfig::raw)).
@@ -125,11 +127,7 @@ pub fn read_packed(
                 raw.dtype, raw.shape
             )));
         }
-        let values = raw
-            .data
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values = le_values::<i32>(raw.data);
         Ok(Array2::from_shape_vec((raw.shape[0], raw.shape[1]), values)
             .expect("safetensors checked the size"))
     };
@@ -145,32 +143,16 @@ pub fn read_packed(
             )));
         }
         let values: Vec<f16> = match raw.dtype {
-            Dtype::F16 => raw
-                .data
-                .chunks_exact(2)
-                .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                .collect(),
-            Dtype::BF16 => raw
-                .data
-                .chunks_exact(2)
-                .map(|b| f16::from_f32(bf16::from_le_bytes([b[0], b[1]]).to_f32()))
-                .collect(),
-            Dtype::F32 => raw
-                .data
-                .chunks_exact(4)
-                .map(|b| f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-                .collect(),
+            Dtype::F16 => le_values::<f16>(raw.data),
+            Dtype::BF16 => Vec::<f16>::from_f32_slice(&le_values::<bf16>(raw.data).to_f32_vec()),
+            Dtype::F32 => Vec::<f16>::from_f32_slice(&le_values::<f32>(raw.data)),
             other => return Err(invalid(format!("{name} has dtype {other:?}, expected F16"))),
         };
         Array2::from_shape_vec((raw.shape[0], raw.shape[1]), values)
             .expect("safetensors checked the size")
     };
     let g_idx = match weights.raw(&format!("{prefix}.g_idx")) {
-        Ok(raw) if raw.dtype == Dtype::I32 && raw.shape == [in_features] => raw
-            .data
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect(),
+        Ok(raw) if raw.dtype == Dtype::I32 && raw.shape == [in_features] => le_values(raw.data),
         Ok(raw) => {
             return Err(invalid(format!(
                 "g_idx is {:?} {:?}, expected I32 [{in_features}]",

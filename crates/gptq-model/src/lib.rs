@@ -26,6 +26,12 @@
 
 #![warn(missing_docs)]
 
+// Safetensors data is little-endian and is read by copying its bytes (`weights::le_values`).
+#[cfg(target_endian = "big")]
+compile_error!(
+    "gptq-model reads little-endian safetensors data as it is: big-endian targets are not supported"
+);
+
 pub mod calib;
 mod compute;
 mod config;

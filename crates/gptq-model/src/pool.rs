@@ -110,21 +110,13 @@ fn fresh_zeroed(n: usize) -> Vec<f32> {
 #[cfg(target_os = "linux")]
 fn advise_huge_pages(ptr: *mut u8, len: usize) {
     const HUGE: usize = 2 << 20;
-    const MADV_HUGEPAGE: std::ffi::c_int = 14;
-    unsafe extern "C" {
-        fn madvise(
-            addr: *mut std::ffi::c_void,
-            len: usize,
-            advice: std::ffi::c_int,
-        ) -> std::ffi::c_int;
-    }
     let start = (ptr as usize).next_multiple_of(HUGE);
     let end = (ptr as usize + len) / HUGE * HUGE;
     if end > start {
         // SAFETY: the range lies inside a live allocation of ours, and MADV_HUGEPAGE neither
         // unmaps nor changes its contents. The result is ignored: the advice is optional.
         unsafe {
-            madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE);
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
         }
     }
 }

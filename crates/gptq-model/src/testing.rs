@@ -4,8 +4,7 @@
 //! These helpers panic on I/O errors: they are for tests only.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 use crate::calib::SplitMix64;
 use crate::{Checkpoint, PerplexityOptions, perplexity};
@@ -16,32 +15,23 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
 
-/// A directory under the system temp dir, removed on drop.
+/// A fresh directory under the system temp dir (`tempfile`), removed on drop.
 #[derive(Debug)]
-pub struct TempDir(pub PathBuf);
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     /// A fresh directory whose name contains `tag`.
     pub fn new(tag: &str) -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "gptq-model-test-{}-{}-{tag}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("test fixture I/O");
-        Self(p)
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("gptq-model-test-{tag}-"))
+            .tempdir()
+            .expect("test fixture I/O");
+        Self(dir)
     }
 
     /// The directory.
     pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path()
     }
 }
 

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use half::slice::HalfFloatSliceExt;
 use memmap2::Mmap;
 use ndarray::{Array1, Array2};
 use safetensors::{Dtype, SafeTensors, tensor::Metadata};
@@ -254,22 +255,19 @@ fn open_shard(path: &Path) -> Result<Shard> {
     })
 }
 
-/// Decodes little-endian f32/f16/bf16 bytes. The data section of a safetensors file is not
-/// guaranteed to be aligned for the element type, so bytes are read in chunks rather than cast.
+/// The values of a little-endian data section. It is not guaranteed to be aligned for `T`, so
+/// the bytes are copied out (bytemuck) rather than cast in place; the crate builds only for
+/// little-endian targets, where the copy is the value.
+pub(crate) fn le_values<T: bytemuck::Pod>(data: &[u8]) -> Vec<T> {
+    bytemuck::pod_collect_to_vec(data)
+}
+
+/// Decodes little-endian f32/f16/bf16 bytes into f32 (half's vectorized conversions).
 fn decode_f32(name: &str, dtype: Dtype, data: &[u8]) -> Result<Vec<f32>> {
     Ok(match dtype {
-        Dtype::F32 => data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => data
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => data
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
+        Dtype::F32 => le_values::<f32>(data),
+        Dtype::F16 => le_values::<half::f16>(data).to_f32_vec(),
+        Dtype::BF16 => le_values::<half::bf16>(data).to_f32_vec(),
         other => {
             return Err(ModelError::UnsupportedDtype {
                 name: name.to_string(),

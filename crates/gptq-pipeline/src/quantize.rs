@@ -169,54 +169,23 @@ pub fn quantize_model<B: Backend>(
         // Nothing reads the last layer's output (the pipeline stops before the final norm).
         let last = index + 1 == layers;
         if options.true_sequential {
-            let output = if last {
-                LayerOutput::Unused
-            } else {
-                LayerOutput::Needed
-            };
-            run_stages(
+            run.true_sequential_layer(
                 &mut layer,
                 &mut batches,
                 compute,
-                output,
+                last,
                 &mut forward,
-                &mut |ids, inputs, lens, layer| {
-                    let hessian = run.hessian(layer.index, ids, inputs, lens)?;
-                    run.quantize(layer, ids, &hessian, progress)
-                },
+                progress,
             )?;
         } else {
-            let original = (!last).then(|| batches.clone());
-            let mut hessians = Vec::new();
-            // This pass, with full-precision weights, only feeds the Hessians; the output comes
-            // from the pass below with the quantized weights.
-            run_stages(
+            run.hooked_layer(
                 &mut layer,
                 &mut batches,
                 compute,
-                LayerOutput::Unused,
+                last,
                 &mut forward,
-                &mut |ids, inputs, lens, layer| {
-                    hessians.push((ids, run.hessian(layer.index, ids, inputs, lens)?));
-                    Ok(())
-                },
+                progress,
             )?;
-            for (ids, hessian) in &hessians {
-                run.quantize(&mut layer, ids, hessian, progress)?;
-            }
-            if let Some(original) = original {
-                let t = Instant::now();
-                batches = original
-                    .into_iter()
-                    .map(|b| {
-                        Ok(Batch {
-                            hidden: forward_layer(&layer, b.hidden.view(), &b.lens, compute)?,
-                            lens: b.lens,
-                        })
-                    })
-                    .collect::<Result<_>>()?;
-                forward += t.elapsed().as_secs_f64();
-            }
         }
         run.times.calibration_forward += forward;
         if let Some(resume) = &resume {
@@ -380,6 +349,81 @@ struct Run<'b, B: Backend> {
 }
 
 impl<B: Backend> Run<'_, B> {
+    /// One layer true-sequentially: each group of linears is quantized as soon as its input
+    /// is computed, and the later stages (and the layer's output, unless it is the `last`) are
+    /// computed with the quantized weights.
+    fn true_sequential_layer(
+        &mut self,
+        layer: &mut DecoderLayer,
+        batches: &mut [Batch],
+        compute: Compute<'_>,
+        last: bool,
+        forward: &mut f64,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let output = if last {
+            LayerOutput::Unused
+        } else {
+            LayerOutput::Needed
+        };
+        run_stages(
+            layer,
+            batches,
+            compute,
+            output,
+            forward,
+            &mut |ids, inputs, lens, layer| {
+                let hessian = self.hessian(layer.index, ids, inputs, lens)?;
+                self.quantize(layer, ids, &hessian, progress)
+            },
+        )
+    }
+
+    /// One layer as the reference does without true-sequential: every Hessian from a pass with
+    /// the full-precision weights, then every linear quantized, then (unless it is the `last`)
+    /// the layer's output from a second pass with the quantized weights.
+    fn hooked_layer(
+        &mut self,
+        layer: &mut DecoderLayer,
+        batches: &mut Vec<Batch>,
+        compute: Compute<'_>,
+        last: bool,
+        forward: &mut f64,
+        progress: &mut dyn Progress,
+    ) -> Result<()> {
+        let original = (!last).then(|| batches.clone());
+        let mut hessians = Vec::new();
+        let unused = LayerOutput::Unused;
+        run_stages(
+            layer,
+            batches,
+            compute,
+            unused,
+            forward,
+            &mut |ids, inputs, lens, layer| {
+                hessians.push((ids, self.hessian(layer.index, ids, inputs, lens)?));
+                Ok(())
+            },
+        )?;
+        for (ids, hessian) in &hessians {
+            self.quantize(layer, ids, hessian, progress)?;
+        }
+        if let Some(original) = original {
+            let t = Instant::now();
+            *batches = original
+                .into_iter()
+                .map(|b| {
+                    Ok(Batch {
+                        hidden: forward_layer(layer, b.hidden.view(), &b.lens, compute)?,
+                        lens: b.lens,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            *forward += t.elapsed().as_secs_f64();
+        }
+        Ok(())
+    }
+
     /// The Hessian of the input that the linears `ids` of layer `layer` share, from the
     /// calibration batches `inputs` (holding sequences of `lens` tokens).
     fn hessian(

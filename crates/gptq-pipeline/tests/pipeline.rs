@@ -24,6 +24,23 @@ fn cpu(options: &PipelineOptions) -> Compute<'static> {
     Compute::new(options.par())
 }
 
+/// `quantize_model` on one CPU thread, forward passes in f32, no progress.
+fn quantize_on_cpu(
+    checkpoint: &Checkpoint,
+    samples: &[Vec<u32>],
+    options: &PipelineOptions,
+) -> gptq_pipeline::Result<QuantizedModel> {
+    let backend = CpuBackend::with_threads(1);
+    quantize_model(
+        checkpoint,
+        samples,
+        &backend,
+        cpu(options),
+        options,
+        &mut Silent,
+    )
+}
+
 const TINY: Tiny = Tiny {
     model_type: "llama",
     hidden: 64,
@@ -574,15 +591,7 @@ fn bad_requests_fail_with_a_message_that_names_the_fix() {
     )
     .unwrap_err();
     assert!(err.to_string().contains("per-channel"), "{err}");
-    let err = quantize_model(
-        &checkpoint,
-        &[],
-        &backend,
-        cpu(&options(4, 16, true)),
-        &options(4, 16, true),
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = quantize_on_cpu(&checkpoint, &[], &options(4, 16, true)).unwrap_err();
     assert!(err.to_string().contains("calibration"), "{err}");
 
     // An already quantized checkpoint.
@@ -665,16 +674,7 @@ fn an_activation_that_overflows_is_named_by_layer_sample_and_token() {
     windows[4][7] = zero_token as u32;
     let mut options = options(4, 32, true);
     options.batch_sequences = 4; // the sample is found across batches
-    let backend = CpuBackend::with_threads(1);
-    let err = quantize_model(
-        &source,
-        &windows,
-        &backend,
-        cpu(&options),
-        &options,
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = quantize_on_cpu(&source, &windows, &options).unwrap_err();
     let message = err.to_string();
     assert!(
         message.starts_with("layer 0: the input of self_attn.q_proj")
@@ -796,30 +796,12 @@ fn an_interrupted_run_resumes_with_the_same_result() {
         serde_json::from_str(&std::fs::read_to_string(&state_json).unwrap()).unwrap();
     parsed["modules"].as_array_mut().unwrap().pop();
     std::fs::write(&state_json, parsed.to_string()).unwrap();
-    let backend = CpuBackend::with_threads(1);
-    let err = quantize_model(
-        &source,
-        &windows[1..],
-        &backend,
-        cpu(&other),
-        &other,
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = quantize_on_cpu(&source, &windows[1..], &other).unwrap_err();
     assert!(err.to_string().contains("is incomplete"), "{err}");
 
     // A damaged state is refused with the way out.
     std::fs::write(state.path().join("state").join("state.json"), "{").unwrap();
-    let backend = CpuBackend::with_threads(1);
-    let err = quantize_model(
-        &source,
-        &windows,
-        &backend,
-        cpu(&options),
-        &options,
-        &mut Silent,
-    )
-    .unwrap_err();
+    let err = quantize_on_cpu(&source, &windows, &options).unwrap_err();
     assert!(err.to_string().contains("delete that directory"), "{err}");
 
     remove_saved_run(&saved).unwrap();
@@ -838,7 +820,6 @@ fn an_interrupted_run_resumes_with_the_same_result() {
 fn damping_raised_past_the_request_is_reported() {
     let source = TINY.write(9);
     let checkpoint = Checkpoint::open(source.path()).unwrap();
-    let backend = CpuBackend::with_threads(1);
     // Eight tokens give Hessians of rank at most 8 for 64- and 96-column inputs: singular.
     let few = samples(1, 8);
     let with_damping = |damp: f64| {
@@ -848,15 +829,7 @@ fn damping_raised_past_the_request_is_reported() {
             .damp_percent(damp)
             .build()
             .unwrap();
-        quantize_model(
-            &checkpoint,
-            &few,
-            &backend,
-            cpu(&options),
-            &options,
-            &mut Silent,
-        )
-        .unwrap()
+        quantize_on_cpu(&checkpoint, &few, &options).unwrap()
     };
     let undamped = with_damping(0.0);
     let raised = undamped

@@ -216,48 +216,39 @@ impl Tensors<'_> {
         Ok((t.shape().to_vec(), t.data()))
     }
 
-    fn values<T>(
+    /// The tensor's shape and values, copied out of the (possibly unaligned) little-endian data.
+    fn values<T: bytemuck::Pod>(
         &self,
         name: &str,
         dtype: Dtype,
         rank: usize,
-        decode: impl Fn([u8; 4]) -> T,
     ) -> Result<(Vec<usize>, Vec<T>)> {
         let (shape, data) = self.raw(name, dtype, rank)?;
-        Ok((
-            shape,
-            data.chunks_exact(4)
-                .map(|b| decode([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ))
+        Ok((shape, bytemuck::pod_collect_to_vec(data)))
     }
 
     fn matrix_f32(&self, name: &str) -> Result<Array2<f32>> {
-        let (shape, v) = self.values(name, Dtype::F32, 2, f32::from_le_bytes)?;
+        let (shape, v) = self.values(name, Dtype::F32, 2)?;
         Ok(Array2::from_shape_vec((shape[0], shape[1]), v).expect("safetensors checked the size"))
     }
 
     fn matrix_i32(&self, name: &str) -> Result<Array2<i32>> {
-        let (shape, v) = self.values(name, Dtype::I32, 2, i32::from_le_bytes)?;
+        let (shape, v) = self.values(name, Dtype::I32, 2)?;
         Ok(Array2::from_shape_vec((shape[0], shape[1]), v).expect("safetensors checked the size"))
     }
 
     fn vector_i32(&self, name: &str) -> Result<Vec<i32>> {
-        Ok(self.values(name, Dtype::I32, 1, i32::from_le_bytes)?.1)
+        Ok(self.values(name, Dtype::I32, 1)?.1)
     }
 
     fn array3_f32(&self, name: &str) -> Result<Array3<f32>> {
-        let (shape, v) = self.values(name, Dtype::F32, 3, f32::from_le_bytes)?;
+        let (shape, v) = self.values(name, Dtype::F32, 3)?;
         Ok(Array3::from_shape_vec((shape[0], shape[1], shape[2]), v)
             .expect("safetensors checked the size"))
     }
 
     fn matrix_f16(&self, name: &str) -> Result<Array2<f16>> {
-        let (shape, data) = self.raw(name, Dtype::F16, 2)?;
-        let v = data
-            .chunks_exact(2)
-            .map(|b| f16::from_le_bytes([b[0], b[1]]))
-            .collect();
+        let (shape, v) = self.values::<f16>(name, Dtype::F16, 2)?;
         Ok(Array2::from_shape_vec((shape[0], shape[1]), v).expect("safetensors checked the size"))
     }
 }
