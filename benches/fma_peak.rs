@@ -9,6 +9,9 @@
 
 use std::time::Instant;
 
+#[cfg(target_arch = "x86_64")]
+use clap::Parser;
+
 /// Fused multiply-adds per chain per measurement.
 const STEPS: u64 = 200_000_000;
 /// Independent chains per thread: more than FMA latency × FMA pipes (4 × 2 on Zen 3).
@@ -58,6 +61,15 @@ fn bf16_chains(steps: u64) -> f32 {
     acc.iter().map(|&c| _mm512_reduce_add_ps(c)).sum()
 }
 
+/// The f32 FMA peak of this machine (and the AVX512-BF16 dot products' where the CPU has them).
+#[cfg(target_arch = "x86_64")]
+#[derive(Parser)]
+#[command(name = "fma_peak")]
+struct Args {
+    /// Threads running at once in the second measurement (default: all cores).
+    threads: Option<usize>,
+}
+
 /// GFLOP/s of one thread running the f32 FMA chains, or the bf16 ones.
 #[cfg(target_arch = "x86_64")]
 fn one_thread(bf16: bool) -> f64 {
@@ -102,9 +114,8 @@ fn main() {
         eprintln!("fma_peak needs a CPU with AVX2 and FMA");
         std::process::exit(1);
     }
-    let threads = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+    let threads = Args::parse()
+        .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     report("f32 FMA", threads, false);
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16") {

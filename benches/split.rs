@@ -3,8 +3,18 @@
 
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use gptq::{CpuBackend, Gptq, GroupSize, HessianOptions, LayerTimings, QuantConfig, SolveOptions};
 use gptq_benches::{LLAMA_ATTENTION, SMOLLM_DOWN, Shape, gemm, gemm_operands, hessian, weight};
+
+/// Where one layer's quantization time goes, next to faer's f32 GEMM rate.
+#[derive(Parser)]
+#[command(name = "split")]
+struct Args {
+    /// Timed runs of each measurement (at least 1), of which the median is printed.
+    #[arg(default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    repeats: u32,
+}
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -16,10 +26,7 @@ fn seconds(d: Duration) -> f64 {
 }
 
 fn main() {
-    let repeats: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(3);
+    let repeats = Args::parse().repeats as usize;
     let backend = CpuBackend::new();
     let par = faer::Par::rayon(backend.threads());
     let n = LLAMA_ATTENTION.columns;

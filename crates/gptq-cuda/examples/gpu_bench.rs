@@ -35,6 +35,42 @@ const BLOCK: usize = 128;
 const GROUP: usize = 128;
 const BITS: u8 = 4;
 
+/// The CUDA backend's benchmark against PyTorch and cuBLAS, and CPU/CUDA agreement.
+#[derive(clap::Parser)]
+#[command(name = "gpu_bench", args_override_self = true)]
+struct Cli {
+    /// The backend to measure (`cpu` runs everything on the CPU backend, PyTorch too).
+    #[arg(long, value_enum, default_value_t = Choice::Cuda)]
+    backend: Choice,
+    /// Small shapes (hidden 256, intermediate 688, 2048 tokens) instead of Llama-7B's.
+    #[arg(long)]
+    small: bool,
+    /// Timed runs after one warm-up run, of which the median is printed (at least 1).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    repeats: usize,
+    /// The Python that runs `scripts/torch_gptq.py`.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "python3",
+        overrides_with = "no_torch"
+    )]
+    python: String,
+    /// Skip the comparison with PyTorch.
+    #[arg(long, overrides_with = "python")]
+    no_torch: bool,
+    /// Also compare CPU against this backend on 2/3/4/8 bits (codes equal, loss ratio).
+    #[arg(long)]
+    agreement: bool,
+}
+
+/// A value of `--backend`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Choice {
+    Cuda,
+    Cpu,
+}
+
 struct Args {
     cuda: bool,
     small: bool,
@@ -43,37 +79,15 @@ struct Args {
     agreement: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        cuda: true,
-        small: false,
-        repeats: 3,
-        python: Some("python3".into()),
-        agreement: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match arg.as_str() {
-            "--backend" => match value("--backend")?.as_str() {
-                "cuda" => args.cuda = true,
-                "cpu" => args.cuda = false,
-                other => return Err(format!("--backend {other}: use cuda or cpu")),
-            },
-            "--small" => args.small = true,
-            "--repeats" => {
-                args.repeats = value("--repeats")?
-                    .parse()
-                    .map_err(|e| format!("--repeats: {e}"))?;
-            }
-            "--python" => args.python = Some(value("--python")?),
-            "--no-torch" => args.python = None,
-            "--agreement" => args.agreement = true,
-            other => return Err(format!("unknown argument {other}")),
-        }
+fn parse_args() -> Args {
+    let cli = <Cli as clap::Parser>::parse();
+    Args {
+        cuda: cli.backend == Choice::Cuda,
+        small: cli.small,
+        repeats: cli.repeats.max(1),
+        python: (!cli.no_torch).then_some(cli.python),
+        agreement: cli.agreement,
     }
-    args.repeats = args.repeats.max(1);
-    Ok(args)
 }
 
 /// The model's widths and the calibration tokens.
@@ -266,17 +280,27 @@ fn compare_with_torch(args: &Args, ours: &[(&str, Split)], command: &[String], g
     if args.python.is_none() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("gptq-bench-{}", std::process::id()));
-    if let Err(e) = write_data(&dir, groups) {
+    let dir = match tempfile::Builder::new().prefix("gptq-bench-").tempdir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            println!("  cannot make a temporary folder for PyTorch's layers: {e}");
+            return;
+        }
+    };
+    if let Err(e) = write_data(dir.path(), groups) {
         println!(
             "  cannot write the layers for PyTorch to {}: {e}",
-            dir.display()
+            dir.path().display()
         );
         return;
     }
-    let command = [command, &["--data".to_string(), dir.display().to_string()]].concat();
+    let command = [
+        command,
+        &["--data".to_string(), dir.path().display().to_string()],
+    ]
+    .concat();
     let result = torch(args, &command);
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = dir.close();
     if let Some((seconds, loss, line)) = result {
         println!("  PyTorch: {line}");
         for (name, split) in ours {
@@ -501,13 +525,7 @@ fn bench<B: Backend>(backend: &B, cuda: Option<&CudaBackend>, args: &Args) -> Re
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(e) => {
-            eprintln!("gpu_bench: {e}");
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
     let result = if args.cuda {
         let cuda = match CudaBackend::new(0) {
             Ok(cuda) => cuda,

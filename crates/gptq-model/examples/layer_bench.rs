@@ -6,8 +6,10 @@
 //! ```
 //! Without `--model`, a random layer with SmolLM2-135M's dimensions is used.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::Parser;
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat};
 use gptq_model::calib::SplitMix64;
@@ -16,6 +18,30 @@ use gptq_model::{
     Checkpoint, DecoderLayer, LayerShape, Linear, LinearId, Par, RopeScaling, attention_core,
     forward_layer, mlp_inner, rms_norm,
 };
+
+/// Throughput of the decoder-layer forward pass against faer's plain GEMM rate.
+#[derive(Parser)]
+#[command(name = "layer_bench", args_override_self = true)]
+struct Args {
+    /// A Hugging Face checkpoint folder; without it, a random layer with SmolLM2-135M's dimensions.
+    #[arg(long, value_name = "DIR")]
+    model: Option<PathBuf>,
+    /// The checkpoint's decoder layer to load.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    layer: usize,
+    /// Sequences per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    seqs: usize,
+    /// Tokens per sequence.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    seqlen: usize,
+    /// Worker threads (0: rayon's default, all cores).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Timed repetitions of each measurement, of which the fastest is printed.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    reps: usize,
+}
 
 fn random(rng: &mut SplitMix64, rows: usize, cols: usize, scale: f32) -> Array2<f32> {
     Array2::from_shape_fn((rows, cols), |_| {
@@ -68,21 +94,14 @@ fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (mut model, mut layer_i, mut seqs, mut seqlen, mut threads, mut reps) =
-        (None, 0usize, 8usize, 512usize, 0usize, 3usize);
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let v = args.next().ok_or(format!("{a} needs a value"))?;
-        match a.as_str() {
-            "--model" => model = Some(v),
-            "--layer" => layer_i = v.parse()?,
-            "--seqs" => seqs = v.parse()?,
-            "--seqlen" => seqlen = v.parse()?,
-            "--threads" => threads = v.parse()?,
-            "--reps" => reps = v.parse()?,
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-    }
+    let Args {
+        model,
+        layer: layer_i,
+        seqs,
+        seqlen,
+        threads,
+        reps,
+    } = Args::parse();
     let layer = match model {
         Some(dir) => Checkpoint::open(dir)?.load_layer(layer_i)?,
         None => smollm2_like(),

@@ -7,10 +7,39 @@
 //! `--bos` prepends the config's `bos_token_id` to the token stream (for comparison: the
 //! default encodes exactly as `transformers`' `tokenizer(text)` does).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::Parser;
 use gptq_model::{Checkpoint, Par, PerplexityOptions, perplexity};
+
+/// WikiText-2-style perplexity of a Hugging Face checkpoint, by the GPTQ protocol.
+#[derive(Parser)]
+#[command(name = "perplexity", args_override_self = true)]
+struct Args {
+    /// The Hugging Face checkpoint folder.
+    #[arg(long, value_name = "DIR")]
+    model: PathBuf,
+    /// The text file to evaluate on, encoded as one string.
+    #[arg(long, value_name = "FILE")]
+    text: PathBuf,
+    /// Evaluate only the first N windows (default: all of them).
+    #[arg(long, value_name = "N")]
+    windows: Option<usize>,
+    /// Tokens per window.
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    seqlen: usize,
+    /// Windows per forward pass.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    batch: usize,
+    /// Worker threads (0: rayon's default, all cores).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+    /// Prepend the config's `bos_token_id` to the token stream.
+    #[arg(long)]
+    bos: bool,
+}
 
 fn main() -> ExitCode {
     match run() {
@@ -23,29 +52,15 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let mut model = None;
-    let mut text = None;
-    let mut windows = None;
-    let mut seqlen = 512usize;
-    let mut batch = 4usize;
-    let mut threads = 0usize;
-    let mut bos = false;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        let mut value = || args.next().ok_or(format!("{a} needs a value"));
-        match a.as_str() {
-            "--model" => model = Some(value()?),
-            "--text" => text = Some(value()?),
-            "--windows" => windows = Some(value()?.parse()?),
-            "--seqlen" => seqlen = value()?.parse()?,
-            "--batch" => batch = value()?.parse()?,
-            "--threads" => threads = value()?.parse()?,
-            "--bos" => bos = true,
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-    }
-    let model_dir = model.ok_or("--model DIR is required")?;
-    let text = text.ok_or("--text FILE is required")?;
+    let Args {
+        model: model_dir,
+        text,
+        windows,
+        seqlen,
+        batch,
+        threads,
+        bos,
+    } = Args::parse();
 
     let t0 = Instant::now();
     let ckpt = Checkpoint::open(&model_dir)?;

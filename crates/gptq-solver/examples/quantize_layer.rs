@@ -10,25 +10,42 @@
 
 use std::time::Instant;
 
+use clap::Parser;
 use gptq_core::testing::seeded_matrix;
 use gptq_core::{ActivationBatch, GroupSize, HessianAccumulator, QuantConfig};
 use gptq_quant::MinMaxGrid;
 use gptq_solver::{CpuBackend, Gptq, SolveOptions, round_to_nearest};
 use ndarray::Array2;
 
+/// Quantizes one synthetic layer with GPTQ and prints its loss against round-to-nearest.
+#[derive(Parser)]
+#[command(name = "quantize_layer")]
+struct Args {
+    /// Output rows of the layer.
+    #[arg(default_value_t = 576)]
+    rows: usize,
+    /// Input columns of the layer.
+    #[arg(default_value_t = 1536)]
+    columns: usize,
+    /// Calibration tokens of the Hessian.
+    #[arg(default_value_t = 4096)]
+    tokens: usize,
+    /// Bits per weight.
+    #[arg(default_value_t = 4)]
+    bits: usize,
+    /// Columns per quantization group.
+    #[arg(default_value_t = 128)]
+    group: usize,
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<usize> = std::env::args()
-        .skip(1)
-        .map(|a| a.parse().map_err(|_| format!("{a:?} is not a number")))
-        .collect::<Result<_, _>>()?;
-    let arg = |i: usize, default: usize| args.get(i).copied().unwrap_or(default);
-    let (rows, columns, tokens, bits, group) = (
-        arg(0, 576),
-        arg(1, 1536),
-        arg(2, 4096),
-        arg(3, 4),
-        arg(4, 128),
-    );
+    let Args {
+        rows,
+        columns,
+        tokens,
+        bits,
+        group,
+    } = Args::parse();
 
     let config = QuantConfig::builder()
         .bits(u8::try_from(bits)?)

@@ -11,69 +11,50 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{CommandFactory, Parser};
 use gptq_core::Backend;
 use gptq_solver::CpuBackend;
 use gptq_solver::parity::{ReferenceCase, Thresholds, check_case, list_cases};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// A value of `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Choice {
     Cpu,
     Cuda,
 }
 
+/// Checks the solver against a folder of reference fixtures, one line per case.
+#[derive(Parser)]
+#[command(name = "reference_parity", args_override_self = true)]
 struct Args {
+    /// The folder of NAME.json + NAME.safetensors fixtures.
     dir: PathBuf,
+    /// The backend to check (`cuda` needs a build with `--features cuda`).
+    #[arg(long, value_enum, default_value_t = Choice::Cpu)]
     backend: Choice,
+    /// Threads of the cpu backend (default: all cores).
+    #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// The GPU of the cuda backend.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     device: usize,
 }
 
-fn number(flag: &str, value: Option<String>) -> Result<usize, String> {
-    let value = value.ok_or(format!("{flag} needs a number"))?;
-    value
-        .parse()
-        .map_err(|_| format!("{flag} {value:?} is not a number"))
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut dir = None;
-    let mut backend = Choice::Cpu;
-    let mut threads = None;
-    let mut device = 0;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--backend" => {
-                backend = match args.next().as_deref() {
-                    Some("cpu") => Choice::Cpu,
-                    Some("cuda") if cfg!(feature = "cuda") => Choice::Cuda,
-                    Some("cuda") => {
-                        return Err("this build has no CUDA backend: rebuild with \
-                                    `--features cuda` (-p gptq-solver)"
-                            .into());
-                    }
-                    Some(other) => {
-                        return Err(format!("unknown backend {other:?}: use cpu or cuda"));
-                    }
-                    None => return Err("--backend needs a value: cpu or cuda".into()),
-                }
-            }
-            "--threads" => threads = Some(number("--threads", args.next())?),
-            "--device" => device = number("--device", args.next())?,
-            "-h" | "--help" => return Err(String::new()),
-            _ if dir.is_none() && !arg.starts_with('-') => dir = Some(PathBuf::from(arg)),
-            _ => return Err(format!("unexpected argument {arg:?}")),
-        }
+/// The arguments, or clap's error (status 2) for the combinations clap cannot express.
+fn parse_args() -> Args {
+    let args = Args::parse();
+    let invalid = |message: &str| {
+        Args::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit()
+    };
+    if args.backend == Choice::Cuda && !cfg!(feature = "cuda") {
+        invalid("this build has no CUDA backend: rebuild with `--features cuda` (-p gptq-solver)");
     }
-    if backend == Choice::Cuda && threads.is_some() {
-        return Err("--threads is for the cpu backend".into());
+    if args.backend == Choice::Cuda && args.threads.is_some() {
+        invalid("--threads is for the cpu backend");
     }
-    Ok(Args {
-        dir: dir.ok_or("missing the fixture folder")?,
-        backend,
-        threads,
-        device,
-    })
+    args
 }
 
 /// Runs every case through `backend`; returns how many failed.
@@ -112,18 +93,7 @@ fn cases(dir: &Path) -> Result<Vec<PathBuf>, String> {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            if !message.is_empty() {
-                eprintln!("error: {message}");
-            }
-            eprintln!(
-                "usage: reference_parity DIR [--backend cpu|cuda] [--threads N] [--device N]"
-            );
-            return ExitCode::from(2);
-        }
-    };
+    let args = parse_args();
     let cases = match cases(&args.dir) {
         Ok(cases) => cases,
         Err(e) => {
