@@ -327,6 +327,21 @@ impl PlainProducts {
     }
 }
 
+/// Whether the CPU has every one of `flags` as Linux names them in `/proc/cpuinfo` (e.g.
+/// `avx512_bf16`): a source independent of the `is_x86_feature_detected!` that kernels
+/// dispatch on, to test that dispatch by. `None` where there is no such file (not Linux) or it
+/// lists no flags (not x86-64).
+pub fn cpu_has(flags: &[&str]) -> Option<bool> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("flags"))?;
+    let (_, listed) = line.split_once(':')?;
+    let listed: Vec<&str> = listed.split_whitespace().collect();
+    Some(flags.iter().all(|flag| listed.contains(flag)))
+}
+
 /// Says on standard error that the running test is skipped and why: `skipped NAME: REASON`,
 /// NAME being the test's. It writes to the process's standard error directly, past the test
 /// harness's output capture, so the line shows in every log: with `println!` it would show

@@ -1,7 +1,7 @@
 //! The bf16 products (AVX512-BF16 kernels where the CPU has them, rounded f32 products
 //! elsewhere) against plain loops over the same rounded operands.
 
-use gptq_core::testing::{announce_skip, seeded_matrix};
+use gptq_core::testing::{announce_skip, cpu_has, seeded_matrix};
 use gptq_core::{ActivationBatch, HessianAccumulator, HessianOptions, HessianPrecision};
 use gptq_linalg::{CpuHessianAccumulator, Par, bf16, reference};
 use ndarray::{Array2, ArrayView2, s};
@@ -49,28 +49,17 @@ fn product(m: usize, k: usize, n: usize, par: Par) {
 /// below check the kernels, not the fallback.
 #[test]
 fn kernels_run_where_the_cpu_has_them() {
-    let Some(flags) = cpu_flags().filter(|_| cfg!(target_arch = "x86_64")) else {
+    let Some(expected) = cpu_has(&["avx512f", "avx512bw", "avx512_bf16"]) else {
         announce_skip("no /proc/cpuinfo flags on this x86-64 machine to check the detection by");
         return;
     };
-    let has = |flag: &str| flags.iter().any(|f| f == flag);
-    let expected = has("avx512f") && has("avx512bw") && has("avx512_bf16");
-    assert_eq!(bf16::kernels_available(), expected, "flags: {flags:?}");
+    assert_eq!(bf16::kernels_available(), expected);
     if !expected {
         announce_skip(
             "the AVX512-BF16 kernels (this CPU lacks them): the bf16 tests check the rounded f32 \
              fallback instead",
         );
     }
-}
-
-/// The CPU's feature flags as Linux reports them (`/proc/cpuinfo`), or `None` where there is no
-/// such file: a source independent of the `is_x86_feature_detected!` the crate dispatches on.
-fn cpu_flags() -> Option<Vec<String>> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("flags"))?;
-    let (_, flags) = line.split_once(':')?;
-    Some(flags.split_whitespace().map(str::to_string).collect())
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! f32 product of the rounded operands elsewhere) against f64 loops over the same rounded
 //! activations and dequantized weights.
 
-use gptq_core::testing::{announce_skip, seeded_matrix};
+use gptq_core::testing::{announce_skip, cpu_has, seeded_matrix};
 use gptq_core::{ForwardCompute, GptqError, QuantizedTensor};
 use gptq_linalg::int8::{self, Path, rounded_activations};
 use gptq_linalg::{CpuCompute, ProductPrecision};
@@ -104,13 +104,11 @@ fn product(m: usize, k: usize, n: usize, bits: u8, groups: Groups) {
 /// below check the kernels, not the fallback.
 #[test]
 fn kernels_run_where_the_cpu_has_them() {
-    let Some(flags) = cpu_flags().filter(|_| cfg!(target_arch = "x86_64")) else {
+    let Some(expected) = cpu_has(&["avx512f", "avx512bw", "avx512_vnni"]) else {
         announce_skip("no /proc/cpuinfo flags on this x86-64 machine to check the detection by");
         return;
     };
-    let has = |flag: &str| flags.iter().any(|f| f == flag);
-    let expected = has("avx512f") && has("avx512bw") && has("avx512_vnni");
-    assert_eq!(int8::kernels_available(), expected, "flags: {flags:?}");
+    assert_eq!(int8::kernels_available(), expected);
     let w4 = quantized(8, 16, 4, Groups::Natural(16), 1);
     let want = if expected {
         Path::Kernels
@@ -124,15 +122,6 @@ fn kernels_run_where_the_cpu_has_them() {
              fallback instead",
         );
     }
-}
-
-/// The CPU's feature flags as Linux reports them (`/proc/cpuinfo`), or `None` where there is no
-/// such file: a source independent of the `is_x86_feature_detected!` the crate dispatches on.
-fn cpu_flags() -> Option<Vec<String>> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("flags"))?;
-    let (_, flags) = line.split_once(':')?;
-    Some(flags.split_whitespace().map(str::to_string).collect())
 }
 
 #[test]
