@@ -4,8 +4,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::config_json::{RawConfig, field_error, positive, read, required};
 use crate::error::{ModelError, Result};
-use crate::json_fields::{Obj, opt_bool, opt_f64, opt_size, opt_usize, req_positive, req_size};
 use crate::rope::RopeScaling;
 
 /// The Llama-family architectures this crate runs. They share one decoder layout and differ
@@ -122,19 +122,18 @@ impl ModelConfig {
 
     /// Parses a `config.json` value.
     pub fn from_json(raw: Value) -> Result<Self> {
-        let obj = raw.as_object().ok_or(ModelError::ConfigField {
-            field: "(top level)",
-            reason: "must be a JSON object".into(),
+        // serde would also read a struct from a JSON array, field by field.
+        if !raw.is_object() {
+            return Err(field_error("(top level)", "must be a JSON object"));
+        }
+        let fields: RawConfig = read(&raw, "")?;
+        let model_type = fields.model_type.as_deref().ok_or_else(|| {
+            field_error(
+                "model_type",
+                "is missing: it must name the architecture (llama, mistral, qwen2, qwen3, \
+                 smollm3)",
+            )
         })?;
-        let model_type =
-            obj.get("model_type")
-                .and_then(Value::as_str)
-                .ok_or(ModelError::ConfigField {
-                    field: "model_type",
-                    reason: "is missing: it must name the architecture (llama, mistral, qwen2, \
-                             qwen3, smollm3)"
-                        .into(),
-                })?;
         let architecture = match model_type {
             "llama" => Architecture::Llama,
             "mistral" => Architecture::Mistral,
@@ -148,63 +147,63 @@ impl ModelConfig {
             }
         };
 
-        let hidden_size = req_positive(obj, "hidden_size")?;
-        let intermediate_size = req_positive(obj, "intermediate_size")?;
-        let num_hidden_layers = req_size(obj, "num_hidden_layers")?;
-        let num_attention_heads = req_positive(obj, "num_attention_heads")?;
-        let num_key_value_heads =
-            opt_size(obj, "num_key_value_heads")?.unwrap_or(num_attention_heads);
-        let head_dim = match opt_size(obj, "head_dim")? {
-            Some(d) => d,
+        let hidden_size = positive(fields.hidden_size, "hidden_size")?;
+        let intermediate_size = positive(fields.intermediate_size, "intermediate_size")?;
+        let num_hidden_layers = required(fields.num_hidden_layers, "num_hidden_layers")?;
+        let num_attention_heads = positive(fields.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = fields
+            .num_key_value_heads
+            .map_or(num_attention_heads, |s| s.0);
+        let head_dim = match fields.head_dim {
+            Some(d) => d.0,
             // transformers' Qwen3Config defaults to 128, whatever the other sizes.
             None if architecture == Architecture::Qwen3 => 128,
             None => {
                 if hidden_size % num_attention_heads != 0 {
-                    return Err(ModelError::ConfigField {
-                        field: "head_dim",
-                        reason: format!(
+                    return Err(field_error(
+                        "head_dim",
+                        format!(
                             "is missing and hidden_size {hidden_size} is not a multiple of \
                              num_attention_heads {num_attention_heads}: add head_dim"
                         ),
-                    });
+                    ));
                 }
                 hidden_size / num_attention_heads
             }
         };
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
-            return Err(ModelError::ConfigField {
-                field: "num_key_value_heads",
-                reason: format!(
+            return Err(field_error(
+                "num_key_value_heads",
+                format!(
                     "is {num_key_value_heads}, which does not divide num_attention_heads \
                      {num_attention_heads}"
                 ),
-            });
+            ));
         }
         if head_dim == 0 {
-            return Err(ModelError::ConfigField {
-                field: "head_dim",
-                reason: "is 0".into(),
-            });
+            return Err(field_error("head_dim", "is 0"));
         }
         if head_dim % 2 != 0 {
-            return Err(ModelError::ConfigField {
-                field: "head_dim",
-                reason: format!("is {head_dim}: rotary embeddings need an even head width"),
-            });
+            return Err(field_error(
+                "head_dim",
+                format!("is {head_dim}: rotary embeddings need an even head width"),
+            ));
         }
-        let rms_norm_eps = opt_f64(obj, "rms_norm_eps")?.unwrap_or(1e-6) as f32;
+        let rms_norm_eps = fields.rms_norm_eps.unwrap_or(1e-6) as f32;
         let (rope_theta, rope_scaling) =
-            crate::rope::rotary_settings(obj, architecture.default_rope_theta())?;
-        let vocab_size = req_positive(obj, "vocab_size")?;
-        let tie_word_embeddings =
-            opt_bool(obj, "tie_word_embeddings")?.unwrap_or(architecture == Architecture::SmolLm3);
+            crate::rope::rotary_settings(&raw, &fields, architecture.default_rope_theta())?;
+        let vocab_size = positive(fields.vocab_size, "vocab_size")?;
+        let tie_word_embeddings = fields
+            .tie_word_embeddings
+            .unwrap_or(architecture == Architecture::SmolLm3);
         // Qwen2's attention has q/k/v biases unconditionally; its config has no field for it.
-        let attention_bias =
-            opt_bool(obj, "attention_bias")?.unwrap_or(architecture == Architecture::Qwen2);
-        let mlp_bias = opt_bool(obj, "mlp_bias")?.unwrap_or(false);
+        let attention_bias = fields
+            .attention_bias
+            .unwrap_or(architecture == Architecture::Qwen2);
+        let mlp_bias = fields.mlp_bias.unwrap_or(false);
 
         // Refuse what would silently compute something else than transformers does.
-        if let Some(act) = obj.get("hidden_act").and_then(Value::as_str)
+        if let Some(act) = fields.hidden_act.as_deref()
             && act != "silu"
         {
             return Err(ModelError::UnsupportedFeature(format!(
@@ -212,9 +211,9 @@ impl ModelConfig {
             )));
         }
         let sliding_window = match architecture {
-            Architecture::Mistral => opt_usize(obj, "sliding_window")?,
+            Architecture::Mistral => fields.sliding_window.map(|w| w as usize),
             Architecture::Qwen2 | Architecture::Qwen3 | Architecture::SmolLm3 => {
-                if opt_bool(obj, "use_sliding_window")?.unwrap_or(false) {
+                if fields.use_sliding_window.unwrap_or(false) {
                     return Err(ModelError::UnsupportedFeature(format!(
                         "{model_type} with use_sliding_window true: only full attention is \
                          implemented"
@@ -225,19 +224,19 @@ impl ModelConfig {
             Architecture::Llama => None,
         };
         let rotary_layers = match architecture {
-            Architecture::SmolLm3 => Some(smollm3_rotary_layers(obj, num_hidden_layers)?),
+            Architecture::SmolLm3 => Some(smollm3_rotary_layers(&fields, num_hidden_layers)?),
             _ => None,
         };
         // transformers 5 lists each layer's attention kind; one kind for all layers is what
         // is implemented.
-        if let Some(kinds) = obj.get("layer_types").and_then(Value::as_array) {
+        if let Some(kinds) = &fields.layer_types {
             let expected = match sliding_window {
                 Some(_) => "sliding_attention",
                 None => "full_attention",
             };
-            if let Some(other) = kinds.iter().find(|k| k.as_str() != Some(expected)) {
+            if let Some(other) = kinds.iter().find(|k| *k != expected) {
                 return Err(ModelError::UnsupportedFeature(format!(
-                    "layer_types holds {other}, but every layer of this {model_type} model \
+                    "layer_types holds \"{other}\", but every layer of this {model_type} model \
                      computes {expected}: attention that differs by layer is not implemented"
                 )));
             }
@@ -245,15 +244,14 @@ impl ModelConfig {
         // It would make every activation NaN: RMSNorm takes the root of mean + eps. (A bad
         // rotary base, for the same reason, is refused with the rest of the rotary settings.)
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
-            return Err(ModelError::ConfigField {
-                field: "rms_norm_eps",
-                reason: format!("is {rms_norm_eps}: it must be finite and not negative"),
-            });
+            return Err(field_error(
+                "rms_norm_eps",
+                format!("is {rms_norm_eps}: it must be finite and not negative"),
+            ));
         }
-        let bos_token_id = opt_usize(obj, "bos_token_id")?.map(|v| v as u32);
-        // Only informs warnings, so a value of another type is ignored rather than refused.
-        let max_position_embeddings = obj
-            .get("max_position_embeddings")
+        let max_position_embeddings = fields
+            .max_position_embeddings
+            .as_ref()
             .and_then(Value::as_u64)
             .map(|n| n as usize);
 
@@ -274,7 +272,7 @@ impl ModelConfig {
             mlp_bias,
             sliding_window,
             rotary_layers,
-            bos_token_id,
+            bos_token_id: fields.bos_token_id,
             max_position_embeddings,
             quantization: crate::GptqQuantization::from_config(&raw)?,
             raw,
@@ -321,38 +319,20 @@ impl ModelConfig {
 /// SmolLM3's `no_rope_layers` (despite the name, 1 marks a layer *with* rotary embeddings), or
 /// when absent, as transformers derives it: every `no_rope_layer_interval`-th layer (4 by
 /// default) has none.
-fn smollm3_rotary_layers(obj: &Obj, layers: usize) -> Result<Vec<bool>> {
-    let field = "no_rope_layers";
-    match obj.get(field).filter(|v| !v.is_null()) {
-        Some(v) => {
-            let flags = v.as_array().filter(|a| a.len() == layers).ok_or_else(|| {
-                ModelError::ConfigField {
-                    field,
-                    reason: format!("is {v}, expected a list of {layers} zeros and ones"),
-                }
-            })?;
-            flags
-                .iter()
-                .map(|f| match (f.as_u64(), f.as_bool()) {
-                    (Some(0), _) | (_, Some(false)) => Ok(false),
-                    (Some(1), _) | (_, Some(true)) => Ok(true),
-                    _ => Err(ModelError::ConfigField {
-                        field,
-                        reason: format!("holds {f}, expected 0 (no rotary) or 1 (rotary)"),
-                    }),
-                })
-                .collect()
-        }
-        None => {
-            let interval = opt_size(obj, "no_rope_layer_interval")?.unwrap_or(4);
-            if interval == 0 {
-                return Err(ModelError::ConfigField {
-                    field: "no_rope_layer_interval",
-                    reason: "is 0".into(),
-                });
-            }
-            Ok((0..layers).map(|i| (i + 1) % interval != 0).collect())
-        }
+fn smollm3_rotary_layers(fields: &RawConfig, layers: usize) -> Result<Vec<bool>> {
+    match &fields.no_rope_layers {
+        Some(flags) if flags.len() == layers => Ok(flags.iter().map(|f| f.0).collect()),
+        Some(flags) => Err(field_error(
+            "no_rope_layers",
+            format!(
+                "has {} entries, expected a list of {layers} zeros and ones",
+                flags.len()
+            ),
+        )),
+        None => match fields.no_rope_layer_interval.map_or(4, |s| s.0) {
+            0 => Err(field_error("no_rope_layer_interval", "is 0")),
+            interval => Ok((0..layers).map(|i| (i + 1) % interval != 0).collect()),
+        },
     }
 }
 

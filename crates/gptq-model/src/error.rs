@@ -35,8 +35,8 @@ pub enum ModelError {
     /// A config field is missing or has an unusable value.
     #[error("config.json field `{field}` {reason}")]
     ConfigField {
-        /// The field name.
-        field: &'static str,
+        /// The field's name, or its path (`rope_scaling.factor`) inside an object.
+        field: String,
         /// What is wrong with it.
         reason: String,
     },

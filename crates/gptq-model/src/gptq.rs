@@ -14,6 +14,7 @@ use ndarray::Array2;
 use safetensors::Dtype;
 use serde_json::Value;
 
+use crate::config_json::{RawQuantization, field_error, read};
 use crate::error::{ModelError, Result};
 use crate::weights::{WeightStore, le_values};
 
@@ -40,37 +41,39 @@ impl GptqQuantization {
         let Some(q) = raw.get("quantization_config").filter(|q| !q.is_null()) else {
             return Ok(None);
         };
-        let field = |reason: String| ModelError::ConfigField {
-            field: "quantization_config",
-            reason,
-        };
-        let method = q
-            .get("quant_method")
-            .and_then(Value::as_str)
-            .unwrap_or("gptq");
+        if !q.is_object() {
+            return Err(field_error("quantization_config", "must be a JSON object"));
+        }
+        let fields: RawQuantization = read(q, "quantization_config")?;
+        let method = fields.quant_method.as_deref().unwrap_or("gptq");
         if method != "gptq" {
             return Err(ModelError::UnsupportedFeature(format!(
                 "quantization method `{method}`: only GPTQ checkpoints can be read"
             )));
         }
-        let bits = q
-            .get("bits")
-            .and_then(Value::as_u64)
+        let bits = fields
+            .bits
             .filter(|b| matches!(b, 2 | 3 | 4 | 8))
-            .ok_or_else(|| field("has no `bits` of 2, 3, 4 or 8".into()))? as u8;
-        let group_size = q.get("group_size").and_then(Value::as_i64).unwrap_or(-1);
-        let format = match q.get("checkpoint_format").and_then(Value::as_str) {
+            .ok_or_else(|| {
+                field_error(
+                    "quantization_config.bits",
+                    format!(
+                        "is {}, expected 2, 3, 4 or 8",
+                        q.get("bits").unwrap_or(&Value::Null)
+                    ),
+                )
+            })?;
+        let format = match fields.checkpoint_format.as_deref() {
             None => CheckpointFormat::Gptq,
-            Some(s) => s
-                .parse()
-                .map_err(|e: gptq_core::GptqError| field(e.to_string()))?,
+            Some(s) => s.parse().map_err(|e: gptq_core::GptqError| {
+                field_error("quantization_config.checkpoint_format", e.to_string())
+            })?,
         };
-        let flag = |name: &str| q.get(name).and_then(Value::as_bool).unwrap_or(false);
         Ok(Some(GptqQuantization {
             bits,
-            group_size,
-            desc_act: flag("desc_act"),
-            sym: flag("sym"),
+            group_size: fields.group_size.unwrap_or(-1),
+            desc_act: fields.desc_act.unwrap_or(false),
+            sym: fields.sym.unwrap_or(false),
             format,
         }))
     }

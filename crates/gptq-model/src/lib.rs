@@ -35,11 +35,11 @@ compile_error!(
 pub mod calib;
 mod compute;
 mod config;
+mod config_json;
 mod error;
 mod eval;
 mod forward;
 pub mod gptq;
-mod json_fields;
 mod layer;
 mod linear;
 mod model;

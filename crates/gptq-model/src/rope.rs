@@ -3,8 +3,8 @@
 
 use serde_json::Value;
 
+use crate::config_json::{RawConfig, RawRope, field_error};
 use crate::error::{ModelError, Result};
-use crate::json_fields::{Obj, opt_f64};
 
 /// How the rotary frequencies are derived from the plain ones, `theta^(-2i/d)`: transformers'
 /// `rope_type`. Other kinds (dynamic, yarn, longrope...) are refused when the config is read.
@@ -94,18 +94,23 @@ impl std::fmt::Display for RopeScaling {
     }
 }
 
-/// The rotary base and scaling of a `config.json`. transformers 4 writes `rope_theta` at the
-/// top level and the scaling as `rope_scaling`; transformers 5 writes both inside
-/// `rope_parameters`. Where both places are filled they must agree; where neither is, the base
-/// is the architecture's `default_theta`.
-pub(crate) fn rotary_settings(obj: &Obj, default_theta: f64) -> Result<(f64, RopeScaling)> {
-    let parse = |field: &'static str| {
-        obj.get(field)
-            .filter(|v| !v.is_null())
-            .map(|v| parse_scaling(field, v))
+/// The rotary base and scaling of a `config.json` (`raw`, read as `fields`). transformers 4
+/// writes `rope_theta` at the top level and the scaling as `rope_scaling`; transformers 5
+/// writes both inside `rope_parameters`. Where both places are filled they must agree; where
+/// neither is, the base is the architecture's `default_theta`.
+pub(crate) fn rotary_settings(
+    raw: &Value,
+    fields: &RawConfig,
+    default_theta: f64,
+) -> Result<(f64, RopeScaling)> {
+    let parse = |field: &'static str, rope: &Option<RawRope>| {
+        rope.as_ref()
+            .map(|rope| parse_scaling(field, &raw[field], rope))
             .transpose()
     };
-    let scaling = match (parse("rope_scaling")?, parse("rope_parameters")?) {
+    let old = parse("rope_scaling", &fields.rope_scaling)?;
+    let new = parse("rope_parameters", &fields.rope_parameters)?;
+    let scaling = match (old, new) {
         (Some(old), Some(new)) if old != new => {
             return Err(ModelError::UnsupportedFeature(format!(
                 "rope_scaling and rope_parameters describe different rotary embeddings \
@@ -114,25 +119,22 @@ pub(crate) fn rotary_settings(obj: &Obj, default_theta: f64) -> Result<(f64, Rop
         }
         (old, new) => new.or(old).unwrap_or(RopeScaling::None),
     };
-    let top = opt_f64(obj, "rope_theta")?;
-    let nested = match obj.get("rope_parameters").and_then(Value::as_object) {
-        Some(params) => opt_f64(params, "rope_theta")?,
-        None => None,
-    };
+    let top = fields.rope_theta;
+    let nested = fields.rope_parameters.as_ref().and_then(|p| p.rope_theta);
     let theta = match (top, nested) {
         (Some(a), Some(b)) if a != b => {
-            return Err(ModelError::ConfigField {
-                field: "rope_theta",
-                reason: format!("is {a}, but rope_parameters.rope_theta is {b}: they must agree"),
-            });
+            return Err(field_error(
+                "rope_theta",
+                format!("is {a}, but rope_parameters.rope_theta is {b}: they must agree"),
+            ));
         }
         (a, b) => a.or(b).unwrap_or(default_theta),
     };
     if !(theta.is_finite() && theta > 0.0) {
-        return Err(ModelError::ConfigField {
-            field: "rope_theta",
-            reason: format!("is {theta}: it must be finite and positive"),
-        });
+        return Err(field_error(
+            "rope_theta",
+            format!("is {theta}: it must be finite and positive"),
+        ));
     }
     Ok((theta, scaling))
 }
@@ -141,33 +143,37 @@ fn unsupported(field: &str, value: &Value, why: &str) -> ModelError {
     ModelError::UnsupportedFeature(format!("{field} {value}: {why}"))
 }
 
-fn parse_scaling(field: &'static str, value: &Value) -> Result<RopeScaling> {
-    let Some(o) = value.as_object() else {
-        return Err(unsupported(field, value, "expected an object"));
-    };
-    let Some(kind) = o.get("rope_type").or_else(|| o.get("type")) else {
+/// The scaling that `rope` (the field `field` of config.json, written as `value`) describes.
+fn parse_scaling(field: &'static str, value: &Value, rope: &RawRope) -> Result<RopeScaling> {
+    let Some(kind) = rope.rope_type.as_deref().or(rope.legacy_type.as_deref()) else {
         // Without a type only the base may be given (a dict per layer type is not plain).
-        if o.keys().all(|k| k == "rope_theta") {
+        let only_base = rope.other.is_empty()
+            && [
+                rope.factor,
+                rope.low_freq_factor,
+                rope.high_freq_factor,
+                rope.original_max_position_embeddings,
+            ]
+            .iter()
+            .all(Option::is_none);
+        if only_base {
             return Ok(RopeScaling::None);
         }
         return Err(unsupported(field, value, "it names no rope_type"));
     };
-    let number = |name: &str| -> Result<f64> {
-        o.get(name)
-            .and_then(Value::as_f64)
-            .filter(|v| v.is_finite() && *v > 0.0)
-            .ok_or_else(|| {
-                unsupported(field, value, &format!("`{name}` must be a positive number"))
-            })
+    let number = |name: &str, number: Option<f64>| -> Result<f64> {
+        number.filter(|v| v.is_finite() && *v > 0.0).ok_or_else(|| {
+            unsupported(field, value, &format!("`{name}` must be a positive number"))
+        })
     };
-    match kind.as_str() {
-        Some("default") => Ok(RopeScaling::None),
-        Some("linear") => Ok(RopeScaling::Linear {
-            factor: number("factor")?,
+    match kind {
+        "default" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: number("factor", rope.factor)?,
         }),
-        Some("llama3") => {
-            let (low_freq_factor, high_freq_factor) =
-                (number("low_freq_factor")?, number("high_freq_factor")?);
+        "llama3" => {
+            let low_freq_factor = number("low_freq_factor", rope.low_freq_factor)?;
+            let high_freq_factor = number("high_freq_factor", rope.high_freq_factor)?;
             if high_freq_factor <= low_freq_factor {
                 return Err(unsupported(
                     field,
@@ -176,10 +182,13 @@ fn parse_scaling(field: &'static str, value: &Value) -> Result<RopeScaling> {
                 ));
             }
             Ok(RopeScaling::Llama3 {
-                factor: number("factor")?,
+                factor: number("factor", rope.factor)?,
                 low_freq_factor,
                 high_freq_factor,
-                original_max_position_embeddings: number("original_max_position_embeddings")?,
+                original_max_position_embeddings: number(
+                    "original_max_position_embeddings",
+                    rope.original_max_position_embeddings,
+                )?,
             })
         }
         _ => Err(unsupported(

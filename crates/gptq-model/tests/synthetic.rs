@@ -734,6 +734,66 @@ fn config_errors_name_the_fix() {
     assert!(open_err(dir.path()).contains("config.json is not valid"));
 }
 
+/// A field of the wrong type is refused, named by its path, never read as its default.
+#[test]
+fn mistyped_config_fields_are_named() {
+    let dir = TempDir::new("mistyped");
+    let gptq = |fields: serde_json::Value| {
+        let mut q = serde_json::json!({"quant_method": "gptq", "bits": 4, "group_size": 128,
+            "desc_act": false, "sym": true, "checkpoint_format": "gptq"});
+        for (k, v) in fields.as_object().unwrap() {
+            q[k] = v.clone();
+        }
+        q
+    };
+    for (field, value, expected) in [
+        (
+            "hidden_size",
+            serde_json::json!("64"),
+            "`hidden_size` has invalid type: string \"64\"",
+        ),
+        (
+            "tie_word_embeddings",
+            serde_json::json!(1),
+            "`tie_word_embeddings` has invalid type: integer `1`, expected a boolean",
+        ),
+        (
+            "rope_scaling",
+            serde_json::json!({"rope_type": "linear", "factor": "2"}),
+            "`rope_scaling.factor` has invalid type: string \"2\"",
+        ),
+        (
+            "quantization_config",
+            gptq(serde_json::json!({"group_size": "128"})),
+            "`quantization_config.group_size` has invalid type: string \"128\"",
+        ),
+        (
+            "quantization_config",
+            gptq(serde_json::json!({"checkpoint_format": 7})),
+            "`quantization_config.checkpoint_format` has invalid type: integer `7`",
+        ),
+        (
+            "quantization_config",
+            gptq(serde_json::json!({"bits": 5})),
+            "`quantization_config.bits` is 5, expected 2, 3, 4 or 8",
+        ),
+        (
+            "quantization_config",
+            serde_json::json!([4, 128]),
+            "`quantization_config` must be a JSON object",
+        ),
+    ] {
+        let mut cfg = Tiny::default().config();
+        cfg[field] = value;
+        write_config(dir.path(), &cfg);
+        let msg = open_err(dir.path());
+        assert!(msg.contains(expected), "{msg}");
+    }
+    let array = serde_json::json!(["llama", 64]);
+    write_config(dir.path(), &array);
+    assert!(open_err(dir.path()).contains("`(top level)` must be a JSON object"));
+}
+
 #[test]
 fn configs_written_by_transformers_5_are_read() {
     let tiny = Tiny::default();
