@@ -40,7 +40,7 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
     }
     let start = Instant::now();
     let mut bars = Bars::new();
-    let checkpoint = Checkpoint::open(&args.model).map_err(|e| e.to_string())?;
+    let checkpoint = crate::open_checkpoint(&args.model)?;
     if !args.text.is_file() {
         return Err(format!(
             "text file {} not found: pass --text with a UTF-8 text file",

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use gptq_model::{Checkpoint, LinearId, gptq};
+use safetensors::Dtype;
 
 use crate::CliResult;
 
@@ -17,7 +18,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> CliResult {
-    let checkpoint = Checkpoint::open(&args.dir).map_err(|e| e.to_string())?;
+    let checkpoint = crate::open_checkpoint(&args.dir)?;
     let config = checkpoint.config();
     let weights = checkpoint.weights();
     let names = weights.names();
@@ -90,6 +91,9 @@ pub fn run(args: Args) -> CliResult {
         .iter()
         .filter(|(l, id)| gptq::is_packed(weights, &id.tensor_prefix(*l)))
         .count();
+    if args.verify {
+        verify_plain_tensors(&checkpoint, packed == 0)?;
+    }
     match &config.quantization {
         None => {
             println!("  full precision ({packed} packed linears)");
@@ -97,6 +101,9 @@ pub fn run(args: Args) -> CliResult {
                 return Err(
                     "packed GPTQ tensors found but config.json has no quantization_config".into(),
                 );
+            }
+            if args.verify {
+                println!("  every tensor a loader reads has its shape and finite values");
             }
         }
         Some(q) => {
@@ -122,8 +129,35 @@ pub fn run(args: Args) -> CliResult {
                             .map_err(|e| e.to_string())?;
                     }
                 }
-                println!("  every packed linear unpacks to its shape");
+                println!(
+                    "  every packed linear unpacks to its shape and agrees with \
+                     quantization_config; every other tensor is finite"
+                );
             }
+        }
+    }
+    Ok(())
+}
+
+/// What `--verify` checks besides the packed linears: the tensors outside the layers (shapes
+/// and values), every floating-point tensor's values, and in a full-precision model (`plain`)
+/// every layer's tensors and shapes.
+fn verify_plain_tensors(checkpoint: &Checkpoint, plain: bool) -> CliResult {
+    checkpoint
+        .check_outer_tensors()
+        .map_err(|e| e.to_string())?;
+    if plain {
+        checkpoint
+            .check_layer_tensors()
+            .map_err(|e| e.to_string())?;
+    }
+    let weights = checkpoint.weights();
+    for name in weights.names() {
+        let raw = weights.raw(name).map_err(|e| e.to_string())?;
+        if matches!(raw.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            weights
+                .check_finite(name, None)
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(())

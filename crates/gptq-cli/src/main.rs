@@ -55,11 +55,29 @@ fn main() -> ExitCode {
 }
 
 /// A rayon pool of `threads` threads (all cores when 0), inside which everything runs.
+/// Opens the model or checkpoint at `dir`, printing what its configuration warns about.
+fn open_checkpoint(dir: &std::path::Path) -> CliResult<gptq_model::Checkpoint> {
+    let checkpoint = gptq_model::Checkpoint::open(dir).map_err(|e| e.to_string())?;
+    for warning in &checkpoint.config().warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(checkpoint)
+}
+
 fn thread_pool(threads: usize) -> CliResult<(rayon::ThreadPool, usize)> {
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match threads {
+        0 => cpus,
+        // More threads than CPUs only adds switching; far more (100000) would take the
+        // machine down while they start.
+        n if n > cpus => {
+            eprintln!(
+                "warning: --threads {n} is more than the {cpus} CPUs this process may use: \
+                 using {cpus}"
+            );
+            cpus
+        }
+        n => n,
     };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)

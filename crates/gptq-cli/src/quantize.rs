@@ -7,10 +7,11 @@ use clap::ValueEnum;
 use gptq_core::{Backend, GroupSize, HessianPrecision, QuantConfig};
 use gptq_model::{Checkpoint, Compute, ProductPrecision};
 use gptq_pipeline::{
-    CalibrationSource, Event, MemoryEstimate, PipelineOptions, Progress, RunReport, SystemMemory,
-    Totals, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
-    default_resume_dir, holds_saved_run, peak_memory_bytes, quantization_config, quantize_model,
-    remove_saved_run, run_name, saved_run_bytes, saved_run_size, write_checkpoint,
+    CalibrationSource, Event, MemoryEstimate, OutputReservation, PipelineOptions, Progress,
+    ResumeLock, RunReport, SystemMemory, Totals, WriteOptions, check_free_space, checkpoint_bytes,
+    clean_interrupted_runs, default_resume_dir, holds_saved_run, peak_memory_bytes,
+    quantization_config, quantize_model, remove_saved_run, run_name, saved_run_bytes,
+    saved_run_size, write_checkpoint,
 };
 use gptq_quant::CheckpointFormat;
 use gptq_solver::{CpuBackend, SolveOptions};
@@ -150,6 +151,20 @@ pub struct Args {
 
 impl Args {
     fn options(&self, threads: usize) -> CliResult<PipelineOptions> {
+        for (flag, value) in [
+            ("--batch", self.batch as u64),
+            ("--max-shard-mib", self.max_shard_mib),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if self.max_shard_mib > 1 << 30 {
+            return Err(format!(
+                "--max-shard-mib {} is more than a safetensors file can hold sensibly (1 PiB)",
+                self.max_shard_mib
+            ));
+        }
         let group_size =
             GroupSize::from_reference_int(self.group_size).map_err(|e| e.to_string())?;
         let config = QuantConfig::builder()
@@ -179,7 +194,7 @@ impl Args {
                 Format::Gptq => CheckpointFormat::Gptq,
                 Format::GptqV2 => CheckpointFormat::GptqV2,
             }),
-            batch_sequences: self.batch.max(1),
+            batch_sequences: self.batch,
             threads,
             resume_dir: self.resume.then(|| default_resume_dir(&self.out)),
         })
@@ -249,10 +264,10 @@ fn quantize<B: Backend>(
 ) -> CliResult {
     let start = Instant::now();
     let mut bars = Bars::new();
-    let checkpoint = Checkpoint::open(&args.model).map_err(|e| e.to_string())?;
+    let checkpoint = crate::open_checkpoint(&args.model)?;
     gptq_pipeline::check_model(&checkpoint, options).map_err(|e| e.to_string())?;
     let write = WriteOptions {
-        max_shard_bytes: args.max_shard_mib.max(1) << 20,
+        max_shard_bytes: args.max_shard_mib << 20,
         overwrite: args.overwrite,
     };
     for line in clean_interrupted_runs(&args.out) {
@@ -267,7 +282,16 @@ fn quantize<B: Backend>(
         );
     }
     // Mistakes in where the results go surface now, not after the whole run.
-    check_output(&checkpoint, &args.out, &write).map_err(|e| e.to_string())?;
+    let _reservation =
+        OutputReservation::new(&checkpoint, &args.out, &write).map_err(|e| e.to_string())?;
+    // Held until the run ends, so that a second run cannot take this one's state for an
+    // interrupted run's.
+    let _resume_lock = options
+        .resume_dir
+        .as_deref()
+        .map(ResumeLock::acquire)
+        .transpose()
+        .map_err(|e| e.to_string())?;
     let size = checkpoint_bytes(&checkpoint, options).map_err(|e| e.to_string())?;
     check_free_space(&args.out, size).map_err(|e| e.to_string())?;
     if let Some(path) = &args.report {
@@ -284,6 +308,7 @@ fn quantize<B: Backend>(
     bars.set_position(1);
     bars.finish();
     let mut warnings = calibration_warnings(args, &checkpoint, &source, &samples);
+    warnings.extend(checkpoint.config().architectures_warning());
     let lens: Vec<usize> = samples.iter().map(Vec::len).collect();
     // The saved state lives beside the output until the checkpoint is complete; what an
     // interrupted run saved already takes its share of the disk.
@@ -385,6 +410,15 @@ fn quantize<B: Backend>(
         "time: calibration load {:.1} s, forward passes {:.1} s, Hessians {:.1} s, solving {:.1} s, packing {:.1} s, writing {:.1} s",
         t.calibration_load, t.calibration_forward, t.hessian, t.solve, t.pack, t.write
     );
+    if let Some(before) = model.resumed {
+        println!(
+            "  (these times include {:.1} s of the interrupted run that finished {} of {} \
+             layers before this one, which took {seconds:.1} s)",
+            before.times.total(),
+            before.layers,
+            checkpoint.config().num_hidden_layers
+        );
+    }
     if let Some(peak) = report.totals.peak_memory_bytes {
         // The peak counts the pages of the memory-mapped weights that were read; the
         // prediction leaves them out, since the kernel can drop them under pressure.
@@ -466,11 +500,32 @@ fn check_report_path(path: &Path) -> CliResult {
         ));
     }
     match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => Err(format!(
-            "--report {}: the directory {} does not exist; create it or choose another path",
-            path.display(),
-            parent.display()
-        )),
-        _ => Ok(()),
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.exists() => {
+            return Err(format!(
+                "--report {}: the directory {} does not exist; create it or choose another path",
+                path.display(),
+                parent.display()
+            ));
+        }
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => {
+            return Err(format!(
+                "--report {}: {} is not a directory; choose another path",
+                path.display(),
+                parent.display()
+            ));
+        }
+        _ => {}
     }
+    // Opening for appending neither truncates an existing report nor changes its contents;
+    // one created here is removed again.
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|e| format!("--report {} cannot be written: {e}", path.display()))?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }

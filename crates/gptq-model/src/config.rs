@@ -46,6 +46,17 @@ impl Architecture {
         }
     }
 
+    /// The model class transformers and vLLM load for this architecture (`architectures`).
+    pub fn model_class(self) -> &'static str {
+        match self {
+            Self::Llama => "LlamaForCausalLM",
+            Self::Mistral => "MistralForCausalLM",
+            Self::Qwen2 => "Qwen2ForCausalLM",
+            Self::Qwen3 => "Qwen3ForCausalLM",
+            Self::SmolLm3 => "SmolLM3ForCausalLM",
+        }
+    }
+
     /// Whether each query and key head goes through its own RMSNorm (`self_attn.q_norm`,
     /// `self_attn.k_norm`, `[head_dim]`) before the rotary embedding: Qwen3's attention.
     pub fn normalizes_heads(self) -> bool {
@@ -96,8 +107,12 @@ pub struct ModelConfig {
     /// The longest sequence the model was trained for, if the config gives it: windows past it
     /// run, but their predictions mean little.
     pub max_position_embeddings: Option<usize>,
-    /// The GPTQ `quantization_config`, for checkpoints that are already quantized.
+    /// The GPTQ `quantization_config`, for checkpoints that are already quantized (from
+    /// `quantize_config.json` where config.json has none, as older AutoGPTQ checkpoints).
     pub quantization: Option<crate::GptqQuantization>,
+    /// What a user should hear about the configuration files (e.g. a quantize_config.json
+    /// that disagrees with config.json).
+    pub warnings: Vec<String>,
     /// The whole `config.json`, kept so that writers can add fields such as
     /// `quantization_config` without losing the ones this struct does not model.
     pub raw: Value,
@@ -112,12 +127,26 @@ impl ModelConfig {
                 dir: dir.to_path_buf(),
             });
         }
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| ModelError::InvalidJson {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
-        Self::from_json(raw)
+        let mut config = Self::from_json(read_json(&path)?)?;
+        // Older AutoGPTQ checkpoints keep the GPTQ settings only in quantize_config.json, as
+        // the peers' loaders still read them.
+        let legacy = dir.join("quantize_config.json");
+        if legacy.is_file() {
+            let settings = read_json(&legacy)?;
+            let wrapped = serde_json::json!({ "quantization_config": settings });
+            let from_legacy = crate::GptqQuantization::from_config(&wrapped)?;
+            match (&config.quantization, from_legacy) {
+                (None, legacy) => config.quantization = legacy,
+                (Some(main), Some(legacy)) if *main != legacy => config.warnings.push(format!(
+                    "quantize_config.json disagrees with config.json's quantization_config \
+                     ({} there, {} here): config.json's is used, as loaders do",
+                    legacy.summary(),
+                    main.summary()
+                )),
+                _ => {}
+            }
+        }
+        Ok(config)
     }
 
     /// Parses a `config.json` value.
@@ -275,7 +304,26 @@ impl ModelConfig {
             bos_token_id: fields.bos_token_id,
             max_position_embeddings,
             quantization: crate::GptqQuantization::from_config(&raw)?,
+            warnings: Vec::new(),
             raw,
+        })
+    }
+
+    /// A warning when `architectures` names another model class than `model_type` implies:
+    /// servers choose the class by `architectures`, and a checkpoint copies it.
+    pub fn architectures_warning(&self) -> Option<String> {
+        let classes = self.raw.get("architectures")?;
+        let expected = self.architecture.model_class();
+        let matches = classes
+            .as_array()
+            .is_some_and(|a| a.iter().all(|c| c.as_str() == Some(expected)));
+        (!matches).then(|| {
+            format!(
+                "config.json's architectures {classes} does not match model_type {}: servers \
+                 load the class architectures names, so the checkpoint may be loaded as another \
+                 model (expected [\"{expected}\"])",
+                self.architecture.model_type()
+            )
         })
     }
 
@@ -314,6 +362,15 @@ impl ModelConfig {
             .as_ref()
             .is_none_or(|layers| layers.get(layer).copied().unwrap_or(true))
     }
+}
+
+/// A JSON file's value.
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| ModelError::InvalidJson {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// SmolLM3's `no_rope_layers` (despite the name, 1 marks a layer *with* rotary embeddings), or

@@ -79,6 +79,16 @@ impl GptqQuantization {
     }
 }
 
+impl GptqQuantization {
+    /// One line: `4-bit, group size 128, desc_act false, sym true, gptq_v2`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}-bit, group size {}, desc_act {}, sym {}, {}",
+            self.bits, self.group_size, self.desc_act, self.sym, self.format
+        )
+    }
+}
+
 /// Whether the linear at `prefix` (e.g. `model.layers.0.mlp.up_proj`) is stored packed.
 pub fn is_packed(weights: &WeightStore, prefix: &str) -> bool {
     weights.contains(&format!("{prefix}.qweight"))
@@ -172,6 +182,7 @@ pub fn read_packed(
             (0..in_features).map(|c| (c / group) as i32).collect()
         }
     };
+    check_groups(quantization, in_features, &scales, &qzeros, &g_idx).map_err(invalid)?;
     Ok(PackedTensor {
         bits,
         format: quantization.format,
@@ -180,4 +191,41 @@ pub fn read_packed(
         scales,
         g_idx,
     })
+}
+
+/// Checks the packed tensors' groups against `quantization_config`: as many scale and zero
+/// rows as `group_size` makes groups of the `in_features` inputs, and with `desc_act` false,
+/// consecutive groups in `g_idx` (loaders that trust desc_act ignore g_idx).
+fn check_groups(
+    quantization: &GptqQuantization,
+    in_features: usize,
+    scales: &Array2<f16>,
+    qzeros: &Array2<i32>,
+    g_idx: &[i32],
+) -> std::result::Result<(), String> {
+    let group = match quantization.group_size {
+        g if g > 0 => g as usize,
+        _ => in_features,
+    };
+    let groups = in_features.div_ceil(group.max(1));
+    for (name, rows) in [("scales", scales.nrows()), ("qzeros", qzeros.nrows())] {
+        if rows != groups {
+            return Err(format!(
+                "{name} has {rows} rows, but quantization_config's group_size {} over \
+                 {in_features} inputs makes {groups} groups",
+                quantization.group_size
+            ));
+        }
+    }
+    if !quantization.desc_act
+        && let Some(c) = (0..in_features).find(|&c| g_idx.get(c) != Some(&((c / group) as i32)))
+    {
+        return Err(format!(
+            "g_idx puts input {c} in group {}, but quantization_config says desc_act false, \
+             so loaders that trust it read group {} there",
+            g_idx.get(c).copied().unwrap_or(-1),
+            c / group
+        ));
+    }
+    Ok(())
 }

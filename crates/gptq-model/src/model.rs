@@ -165,6 +165,22 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Checks the tensors outside the decoder layers that a loader reads: the embedding, the
+    /// final norm and, unless the embeddings are tied, `lm_head.weight`, each with the shape
+    /// `config.json` implies and only finite values. They are read whole (a chunk at a time),
+    /// so that a checkpoint a loader would reject is not quantized first.
+    pub fn check_outer_tensors(&self) -> Result<()> {
+        let c = &self.config;
+        let table = [c.vocab_size, c.hidden_size];
+        self.weights.check_finite(EMBED_TOKENS, Some(&table))?;
+        self.weights
+            .check_finite(FINAL_NORM, Some(&[c.hidden_size]))?;
+        if !c.tie_word_embeddings {
+            self.weights.check_finite(LM_HEAD, Some(&table))?;
+        }
+        Ok(())
+    }
+
     /// The token embedding `[vocab, hidden]`.
     pub fn load_embedding(&self) -> Result<Array2<f32>> {
         let c = &self.config;

@@ -225,6 +225,34 @@ impl WeightStore {
         Ok(out)
     }
 
+    /// Checks that `name` has shape `expected` (any shape when `None`) and only finite values,
+    /// decoding it a chunk at a time: a whole embedding is never converted at once.
+    pub fn check_finite(&self, name: &str, expected: Option<&[usize]>) -> Result<()> {
+        let raw = self.raw(name)?;
+        if let Some(expected) = expected
+            && raw.shape != expected
+        {
+            return Err(ModelError::TensorShape {
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                actual: raw.shape.to_vec(),
+            });
+        }
+        const CHUNK: usize = 1 << 20;
+        let element = raw.dtype.bitsize() / 8;
+        for (c, bytes) in raw.data.chunks(CHUNK * element.max(1)).enumerate() {
+            let values = decode_f32(name, raw.dtype, bytes)?;
+            if let Some((i, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(ModelError::NonFiniteWeight {
+                    name: name.to_string(),
+                    index: c * CHUNK + i,
+                    value,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// A 2-D tensor `[rows, cols]` as owned `f32`.
     pub fn load_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Array2<f32>> {
         let v = self.load_f32(name, &[rows, cols])?;

@@ -61,6 +61,13 @@ impl CalibrationSource {
                 "--nsamples and --seqlen must be at least 1".into(),
             ));
         }
+        if self.path().is_dir() {
+            return Err(PipelineError::Invalid(format!(
+                "calibration file {} is a directory: pass --calib with a text, .jsonl or \
+                 token-id .json file",
+                self.path().display()
+            )));
+        }
         if !self.path().is_file() {
             return Err(PipelineError::Invalid(format!(
                 "calibration file {} not found: pass --calib with a text, .jsonl or token-id .json file",

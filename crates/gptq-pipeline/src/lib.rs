@@ -85,12 +85,13 @@ pub use memory::{MemoryEstimate, SystemMemory};
 pub use options::PipelineOptions;
 pub use progress::{Event, Progress, Silent};
 pub use quantize::{check_model, quantize_model, run_name};
-pub use quantized::{QuantizedLinear, QuantizedModel};
+pub use quantized::{QuantizedLinear, QuantizedModel, Resumed};
 pub use report::{ModuleReport, RunReport, StageTimes, Totals, peak_memory_bytes};
 pub use resume::{
-    default_resume_dir, holds_saved_run, remove_saved_run, saved_run_bytes, saved_run_size,
+    ResumeLock, default_resume_dir, holds_saved_run, remove_saved_run, saved_run_bytes,
+    saved_run_size,
 };
 pub use writer::{
-    TOOL, WriteOptions, check_free_space, check_output, checkpoint_bytes, clean_interrupted_runs,
-    quantization_config, write_checkpoint,
+    OutputReservation, TOOL, WriteOptions, check_free_space, check_output, checkpoint_bytes,
+    clean_interrupted_runs, quantization_config, write_checkpoint,
 };

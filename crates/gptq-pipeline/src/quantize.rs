@@ -23,12 +23,13 @@ use rayon::prelude::*;
 use crate::error::{PipelineError, Result};
 use crate::options::PipelineOptions;
 use crate::progress::{Event, Progress};
-use crate::quantized::{Batch, QuantizedLinear, QuantizedModel};
+use crate::quantized::{Batch, QuantizedLinear, QuantizedModel, Resumed};
 use crate::report::{ModuleReport, StageTimes};
 use crate::resume::{Found, ResumeDir, Saved};
 
 /// Checks, before any work, that every linear can be quantized and packed as asked, and that the
-/// weights hold every layer that config.json names, with its shapes (headers only).
+/// weights hold every layer that config.json names, with its shapes (headers only), and the
+/// embedding, final norm and output projection with their shapes and finite values.
 pub fn check_model(checkpoint: &Checkpoint, options: &PipelineOptions) -> Result<Vec<String>> {
     let config = checkpoint.config();
     if config.quantization.is_some() {
@@ -44,6 +45,7 @@ pub fn check_model(checkpoint: &Checkpoint, options: &PipelineOptions) -> Result
         )));
     }
     checkpoint.check_layer_tensors()?;
+    checkpoint.check_outer_tensors()?;
     let shape = config.layer_shape(0); // every layer has the same dimensions
     let bits = options.config.bits();
     let mut warnings = Vec::new();
@@ -137,6 +139,10 @@ pub fn quantize_model<B: Backend>(
         Some(resume) => saved_run(resume, config, options, layers, &mut warnings, progress)?,
         None => None,
     };
+    let resumed = saved.as_ref().map(|saved| Resumed {
+        layers: saved.next_layer,
+        times: saved.times,
+    });
     let (first_layer, mut batches) = match saved {
         Some(saved) => {
             run.times = saved.times;
@@ -206,6 +212,7 @@ pub fn quantize_model<B: Backend>(
         linears: run.linears,
         modules: run.modules,
         times: run.times,
+        resumed,
         format: run.format,
         warnings,
         tokens: samples.iter().map(Vec::len).sum(),

@@ -33,14 +33,26 @@ pub struct QuantizedModel {
     pub linears: Vec<QuantizedLinear>,
     /// Per-module reports, in the same order.
     pub modules: Vec<ModuleReport>,
-    /// Where the time went (writing not included).
+    /// Where the time went (writing not included), in this run and, when it resumed one,
+    /// in the interrupted runs before it ([`QuantizedModel::resumed`]).
     pub times: StageTimes,
+    /// What an interrupted run had done when this one resumed it, if it did.
+    pub resumed: Option<Resumed>,
     /// The format the tensors are packed in.
     pub format: CheckpointFormat,
     /// Warnings raised.
     pub warnings: Vec<String>,
     /// Calibration tokens.
     pub tokens: usize,
+}
+
+/// The part of a resumed run that interrupted runs did before.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resumed {
+    /// Layers they finished.
+    pub layers: usize,
+    /// Their times, included in [`QuantizedModel::times`].
+    pub times: StageTimes,
 }
 
 /// A batch of calibration sequences laid end to end: `[tokens, hidden]`.

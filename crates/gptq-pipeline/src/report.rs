@@ -41,6 +41,18 @@ pub struct StageTimes {
     pub write: f64,
 }
 
+impl StageTimes {
+    /// The sum of every stage.
+    pub fn total(&self) -> f64 {
+        self.calibration_load
+            + self.calibration_forward
+            + self.hessian
+            + self.solve
+            + self.pack
+            + self.write
+    }
+}
+
 /// Totals of a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Totals {

@@ -105,6 +105,71 @@ pub fn saved_run_size(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The lock file of a resume directory: the id of the process that uses it.
+const LOCK_FILE: &str = "lock";
+
+/// A resume directory held by this process for the length of a run, so that a second run on
+/// the same `--out` cannot take the first one's live state for an interrupted run's. The lock
+/// is a file holding the owner's process id; one whose process is gone is stale and taken
+/// over. Dropping the lock removes the file, and the directory if nothing else is left.
+#[derive(Debug)]
+pub struct ResumeLock {
+    dir: PathBuf,
+}
+
+impl ResumeLock {
+    /// Locks `dir` (creating it), or says which live process holds it.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(PipelineError::write(dir))?;
+        let path = dir.join(LOCK_FILE);
+        let me = std::process::id();
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut file) => {
+                    use std::io::Write;
+                    write!(file, "{me}").map_err(PipelineError::write(&path))?;
+                    return Ok(ResumeLock {
+                        dir: dir.to_path_buf(),
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&path)
+                        .ok()
+                        .and_then(|t| t.trim().parse::<u32>().ok());
+                    if let Some(pid) = owner.filter(|&p| p != me && crate::writer::process_alive(p))
+                    {
+                        return Err(PipelineError::Invalid(format!(
+                            "the run state {} is in use by another run (process {pid}): wait \
+                             for it to finish, or give this run another --out",
+                            dir.display()
+                        )));
+                    }
+                    // Its owner is gone (or it is ours): stale, taken over.
+                    std::fs::remove_file(&path).map_err(PipelineError::write(&path))?;
+                }
+                Err(e) => return Err(PipelineError::write(&path)(e)),
+            }
+        }
+        Err(PipelineError::Invalid(format!(
+            "the run state {} was locked by another run while this one started: wait for it \
+             to finish, or give this run another --out",
+            dir.display()
+        )))
+    }
+}
+
+impl Drop for ResumeLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.dir.join(LOCK_FILE));
+        // Only when empty: a saved state of an unfinished run stays.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
 /// Whether `dir` holds a saved run state.
 pub fn holds_saved_run(dir: &Path) -> bool {
     dir.join(STATE_FILE).is_file()

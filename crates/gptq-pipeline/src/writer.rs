@@ -145,9 +145,26 @@ pub fn quantization_config(options: &PipelineOptions) -> Value {
 /// [`write_checkpoint`] checks again at the end; calling this first turns a mistake in `--out`
 /// into an error in the first second instead of after the whole quantization run.
 pub fn check_output(source: &Checkpoint, out: &Path, write: &WriteOptions) -> Result<()> {
-    if out.exists() && !write.overwrite {
+    if let Ok(metadata) = std::fs::symlink_metadata(out) {
+        if !write.overwrite {
+            return Err(PipelineError::Invalid(format!(
+                "{} already exists: choose another --out, or pass --overwrite to replace it",
+                out.display()
+            )));
+        }
+        if !metadata.is_dir() {
+            return Err(PipelineError::Invalid(format!(
+                "--out {} exists and is not a directory: nothing was touched; choose another \
+                 --out",
+                out.display()
+            )));
+        }
+        check_replaceable(out)?;
+    }
+    if let Some(pid) = live_writer(out) {
         return Err(PipelineError::Invalid(format!(
-            "{} already exists: choose another --out, or pass --overwrite to replace it",
+            "another run (process {pid}) is writing {}: wait for it to finish or choose \
+             another --out",
             out.display()
         )));
     }
@@ -175,7 +192,10 @@ pub fn check_output(source: &Checkpoint, out: &Path, write: &WriteOptions) -> Re
         )));
     }
     // Creating and removing an empty directory is the only portable way to learn whether the
-    // checkpoint's staging directory can be made there.
+    // checkpoint's staging directory can be made there (unless this run made it already).
+    if staging_dir(out).is_dir() {
+        return Ok(());
+    }
     let probe = ancestor.join(format!(
         ".{}.probe-{}",
         name.to_string_lossy(),
@@ -183,6 +203,113 @@ pub fn check_output(source: &Checkpoint, out: &Path, write: &WriteOptions) -> Re
     ));
     std::fs::create_dir(&probe).map_err(PipelineError::write(ancestor))?;
     std::fs::remove_dir(&probe).map_err(PipelineError::write(&probe))
+}
+
+/// Refuses to let `--overwrite` delete `out` (an existing directory) unless it is empty or
+/// recognisably a checkpoint that a GPTQ tool wrote: files only, and a `config.json` with a
+/// GPTQ `quantization_config` or AutoGPTQ's `quantize_config.json`.
+fn check_replaceable(out: &Path) -> Result<()> {
+    let refuse = |why: String| {
+        PipelineError::Invalid(format!(
+            "--out {} is not a GPTQ checkpoint ({why}): --overwrite replaces only a checkpoint \
+             that a GPTQ tool wrote; delete it yourself or choose another --out",
+            out.display()
+        ))
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(out).map_err(PipelineError::write(out))? {
+        let entry = entry.map_err(PipelineError::write(out))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let kind = entry.file_type().map_err(PipelineError::write(out))?;
+        if !kind.is_file() {
+            return Err(refuse(format!(
+                "it holds {name}, which is not a plain file"
+            )));
+        }
+        names.push(name);
+    }
+    if names.is_empty() || names.iter().any(|n| n == "quantize_config.json") {
+        return Ok(());
+    }
+    let config = std::fs::read_to_string(out.join("config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+    let Some(config) = config else {
+        return Err(refuse("it has no readable config.json".into()));
+    };
+    let method = &config["quantization_config"]["quant_method"];
+    if method.as_str() == Some("gptq") {
+        Ok(())
+    } else {
+        Err(refuse(
+            "its config.json has no GPTQ quantization_config".into(),
+        ))
+    }
+}
+
+/// The process id of another live run that is writing `out` (its `.NAME.partial-PID`).
+fn live_writer(out: &Path) -> Option<u32> {
+    let out = absolute(out);
+    let (parent, name) = (out.parent()?, out.file_name()?);
+    let prefix = format!(".{}{PARTIAL}", name.to_string_lossy());
+    std::fs::read_dir(parent)
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            file.strip_prefix(&prefix)?.parse::<u32>().ok()
+        })
+        .find(|&pid| pid != std::process::id() && process_alive(pid))
+}
+
+/// The staging directory `.NAME.partial-PID` that this process writes `out` into.
+fn staging_dir(out: &Path) -> PathBuf {
+    let out = absolute(out);
+    let name = out
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let parent = out
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    parent.join(format!(".{name}{PARTIAL}{}", std::process::id()))
+}
+
+/// `out` reserved for this run, from its start: its (empty) staging directory exists, so that
+/// a second run on the same `--out` is refused at once ([`check_output`]) instead of after its
+/// whole work. Dropping the reservation removes the staging directory if the checkpoint was
+/// not written into place.
+#[derive(Debug)]
+pub struct OutputReservation {
+    staging: PathBuf,
+}
+
+impl OutputReservation {
+    /// Checks `out` ([`check_output`]) and reserves it.
+    pub fn new(source: &Checkpoint, out: &Path, write: &WriteOptions) -> Result<Self> {
+        check_output(source, out, write)?;
+        let staging = staging_dir(out);
+        if let Some(parent) = staging.parent() {
+            std::fs::create_dir_all(parent).map_err(PipelineError::write(parent))?;
+        }
+        match std::fs::create_dir(&staging) {
+            Ok(()) => Ok(OutputReservation { staging }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Ok(OutputReservation { staging })
+            }
+            Err(e) => Err(PipelineError::write(&staging)(e)),
+        }
+    }
+}
+
+impl Drop for OutputReservation {
+    fn drop(&mut self) {
+        // Only an empty reservation is ours to remove here: a staging directory with files
+        // is write_checkpoint's, which removes it on failure itself.
+        let _ = std::fs::remove_dir(&self.staging);
+    }
 }
 
 /// Writes the checkpoint of `model` (quantized from `source`) to `out`; returns the files
@@ -199,17 +326,12 @@ pub fn write_checkpoint(
     check_output(source, out, write)?;
     check_free_space(out, checkpoint_bytes(source, options)?)?;
     let out_abs = absolute(out);
-    let name = out.file_name().unwrap_or_default();
     let parent = out_abs
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&parent).map_err(PipelineError::write(&parent))?;
-    let staging = parent.join(format!(
-        ".{}{PARTIAL}{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let staging = staging_dir(out);
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(PipelineError::write(&staging))?;
     }
@@ -296,7 +418,7 @@ pub fn clean_interrupted_runs(out: &Path) -> Vec<String> {
 /// Whether process `pid` exists (signal 0 delivers nothing; EPERM means it exists but belongs
 /// to another user).
 #[cfg(unix)]
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return true;
     };
@@ -309,7 +431,7 @@ fn process_alive(pid: u32) -> bool {
 }
 
 #[cfg(not(unix))]
-fn process_alive(_pid: u32) -> bool {
+pub(crate) fn process_alive(_pid: u32) -> bool {
     true
 }
 

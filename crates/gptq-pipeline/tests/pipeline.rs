@@ -446,6 +446,9 @@ fn the_memory_need_is_predicted_and_checked_before_the_run() {
     );
 }
 
+/// The config.json of a checkpoint that a GPTQ tool wrote.
+const GPTQ_CONFIG: &str = r#"{"quantization_config": {"quant_method": "gptq", "bits": 4}}"#;
+
 #[test]
 fn writing_is_atomic_and_never_clobbers_by_accident() {
     let source = TINY.write(6);
@@ -455,6 +458,8 @@ fn writing_is_atomic_and_never_clobbers_by_accident() {
     let target = out.path().join("model");
     std::fs::create_dir(&target).unwrap();
     std::fs::write(target.join("keep.txt"), "mine").unwrap();
+    // A checkpoint of a GPTQ tool's, which --overwrite may replace (anything else it refuses).
+    std::fs::write(target.join("config.json"), GPTQ_CONFIG).unwrap();
     let err = write_checkpoint(
         &checkpoint,
         &model,
@@ -537,6 +542,7 @@ fn what_interrupted_runs_left_is_cleared() {
         std::fs::create_dir(dir).unwrap();
     }
     std::fs::write(moved.join("previous.txt"), "the user's checkpoint").unwrap();
+    std::fs::write(moved.join("config.json"), GPTQ_CONFIG).unwrap();
     let said = clean_interrupted_runs(&target);
     assert_eq!(said.len(), 2, "{said:?}");
     assert!(!partial.exists() && !moved.exists() && running.is_dir());
@@ -554,8 +560,13 @@ fn what_interrupted_runs_left_is_cleared() {
         overwrite: true,
         ..WriteOptions::default()
     };
+    // Not while another live run writes the same output.
+    let err = write_checkpoint(&checkpoint, &model, &options, &target, &replace).unwrap_err();
+    assert!(err.to_string().contains("another run (process 1)"), "{err}");
+    assert!(running.is_dir());
+    std::fs::remove_dir(&running).unwrap();
     write_checkpoint(&checkpoint, &model, &options, &target, &replace).unwrap();
-    assert!(!stale.exists() && running.is_dir());
+    assert!(!stale.exists());
     assert!(target.join("model.safetensors").is_file());
     assert!(clean_interrupted_runs(&target).is_empty());
 }
@@ -755,6 +766,11 @@ fn an_interrupted_run_resumes_with_the_same_result() {
     }
     let losses = |m: &QuantizedModel| m.modules.iter().map(|r| r.loss).collect::<Vec<_>>();
     assert_eq!(losses(&resumed), losses(&uninterrupted));
+    // The times say which part the interrupted run did: its two layers' times are included.
+    let before = resumed.resumed.expect("this run resumed another");
+    assert_eq!(before.layers, 2);
+    assert!(before.times.total() > 0.0 && before.times.total() <= resumed.times.total());
+    assert!(uninterrupted.resumed.is_none());
 
     // Killed after its last layer was saved: the state is complete and nothing is redone.
     let (again, warnings) = run_until(&source, &windows, &options, None);
