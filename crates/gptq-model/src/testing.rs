@@ -490,3 +490,173 @@ pub fn max_diff(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// A GPTQ configuration decoded from fuzzer bytes: where it is written and what it says.
+#[derive(Debug, Clone)]
+pub struct FuzzedConfig {
+    /// The `quantization_config` of config.json, if any.
+    pub main: Option<Value>,
+    /// The contents of quantize_config.json, if any.
+    pub legacy: Option<Value>,
+}
+
+/// Decodes `data` into a GPTQ configuration, starting from `valid` (a checkpoint's own
+/// `quantization_config`) so that most inputs stay close to acceptable: byte 0 chooses where
+/// it goes (config.json, quantize_config.json, or both with either one fuzzed), then each
+/// three bytes set or remove one field: a key (mostly the ones loaders read), a kind of value
+/// and a payload.
+pub fn fuzzed_config(valid: &Value, data: &[u8]) -> FuzzedConfig {
+    const KEYS: [&str; 12] = [
+        "quant_method",
+        "bits",
+        "group_size",
+        "desc_act",
+        "sym",
+        "checkpoint_format",
+        "static_groups",
+        "true_sequential",
+        "damp_percent",
+        "model_file_base_name",
+        "meta",
+        "dynamic",
+    ];
+    const STRINGS: [&str; 8] = ["gptq", "gptq_v2", "awq", "", "4", "128", "true", "GPTQ"];
+    let (placement, edits) = data.split_first().map_or((0, &[][..]), |(p, e)| (*p, e));
+    let mut fuzzed = valid.clone();
+    for edit in edits.chunks(3) {
+        let [key, kind, payload] = [0, 1, 2].map(|i| edit.get(i).copied().unwrap_or(0));
+        let key = KEYS[key as usize % KEYS.len()];
+        let small = i64::from(payload as i8);
+        let value = match kind % 10 {
+            0 => {
+                if let Some(o) = fuzzed.as_object_mut() {
+                    o.remove(key);
+                }
+                continue;
+            }
+            1 => Value::Null,
+            2 => Value::Bool(payload % 2 == 1),
+            3 | 4 => json!(small),
+            5 => json!(1i64 << (payload % 64)),
+            6 => json!(f64::from(payload as i8) / 4.0),
+            7 => json!(STRINGS[payload as usize % STRINGS.len()]),
+            8 => json!([small]),
+            _ => {
+                // Now and then the whole configuration is something else than an object.
+                if payload < 16 {
+                    fuzzed = json!(small);
+                    continue;
+                }
+                json!({ "x": small })
+            }
+        };
+        if let Some(o) = fuzzed.as_object_mut() {
+            o.insert(key.to_string(), value);
+        }
+    }
+    match placement % 4 {
+        0 => FuzzedConfig {
+            main: Some(fuzzed),
+            legacy: None,
+        },
+        1 => FuzzedConfig {
+            main: None,
+            legacy: Some(fuzzed),
+        },
+        2 => FuzzedConfig {
+            main: Some(valid.clone()),
+            legacy: Some(fuzzed),
+        },
+        _ => FuzzedConfig {
+            main: Some(fuzzed),
+            legacy: Some(valid.clone()),
+        },
+    }
+}
+
+/// The dequantized weight of every packed linear of the checkpoint in `dir`, by prefix, or
+/// `None` when opening it or reading one of them fails.
+fn dequantized_linears(dir: &Path) -> Option<BTreeMap<String, Array2<f32>>> {
+    let checkpoint = Checkpoint::open(dir).ok()?;
+    let config = checkpoint.config();
+    let quantization = config.quantization.as_ref()?;
+    let shape = config.layer_shape(0);
+    let mut weights = BTreeMap::new();
+    for layer in 0..config.num_hidden_layers {
+        for id in crate::LinearId::ALL {
+            let prefix = id.tensor_prefix(layer);
+            let tensor = crate::gptq::load_packed(
+                checkpoint.weights(),
+                &prefix,
+                quantization,
+                id.dims(&shape),
+            )
+            .ok()?;
+            weights.insert(prefix, tensor.dequantize());
+        }
+    }
+    Some(weights)
+}
+
+/// Writes `config` beside the packed tensors in `dir` (whose config.json holds the model's
+/// fields): config.json with `config.main` as its quantization_config, and quantize_config.json
+/// when `config.legacy` is given.
+fn write_gptq_config(dir: &Path, model_config: &Value, config: &FuzzedConfig) {
+    let mut main = model_config.clone();
+    if let Some(o) = main.as_object_mut() {
+        o.remove("quantization_config");
+    }
+    if let Some(q) = &config.main {
+        main["quantization_config"] = q.clone();
+    }
+    write_config(dir, &main);
+    let legacy = dir.join("quantize_config.json");
+    match &config.legacy {
+        Some(q) => std::fs::write(&legacy, q.to_string()).expect("test fixture I/O"),
+        None => {
+            let _ = std::fs::remove_file(&legacy);
+        }
+    }
+}
+
+/// The property fuzzed on GPTQ configurations: with `config` written beside the valid packed
+/// tensors of the checkpoint in `dir` (see [`Tiny::write_gptq`]), opening the checkpoint and
+/// unpacking every linear never panics; and when every linear unpacks, the same tensors under
+/// the canonical form of the configuration that was read (the five fields, in config.json
+/// only) unpack to the same dequantized weights. `model_config` is the checkpoint's own
+/// config.json, which is restored at the end.
+pub fn check_gptq_config(dir: &Path, model_config: &Value, config: &FuzzedConfig) {
+    write_gptq_config(dir, model_config, config);
+    let read = Checkpoint::open(dir)
+        .ok()
+        .and_then(|c| c.config().quantization.clone());
+    let accepted = dequantized_linears(dir);
+    if let (Some(q), Some(accepted)) = (read, accepted) {
+        let canonical = FuzzedConfig {
+            main: Some(json!({
+                "quant_method": "gptq", "bits": q.bits, "group_size": q.group_size,
+                "desc_act": q.desc_act, "sym": q.sym, "checkpoint_format": q.format.as_str()
+            })),
+            legacy: None,
+        };
+        write_gptq_config(dir, model_config, &canonical);
+        let canonical = dequantized_linears(dir)
+            .expect("the canonical form of an accepted configuration is accepted");
+        assert_eq!(accepted.len(), canonical.len());
+        for (name, weight) in &accepted {
+            let same = weight
+                .iter()
+                .zip(canonical[name].iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name} dequantizes differently under {config:?}");
+        }
+    }
+    write_gptq_config(
+        dir,
+        model_config,
+        &FuzzedConfig {
+            main: model_config.get("quantization_config").cloned(),
+            legacy: None,
+        },
+    );
+}

@@ -55,3 +55,19 @@ proptest! {
         check_reading_checkpoint(dir.path(), &corrupt(&original, &edits));
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+    /// The `gptq_config` fuzz target's property on a few dozen inputs, so that CI runs it.
+    #[test]
+    fn any_gptq_config_is_read_safely_and_consistently(
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24)
+    ) {
+        use gptq_model::testing::{Tiny, TinyGptq, check_gptq_config, fuzzed_config};
+        let (dir, _) = Tiny::default().write_gptq(9, TinyGptq::default());
+        let text = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+        let model_config: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let valid = &model_config["quantization_config"];
+        check_gptq_config(dir.path(), &model_config, &fuzzed_config(valid, &data));
+    }
+}
