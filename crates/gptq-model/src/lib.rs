@@ -46,6 +46,7 @@ mod model;
 mod ops;
 mod pool;
 mod rope;
+pub mod synthetic;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tokenizer;
