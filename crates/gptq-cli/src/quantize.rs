@@ -420,21 +420,13 @@ fn quantize<B: Backend>(
         );
     }
     if let Some(peak) = report.totals.peak_memory_bytes {
-        // The peak counts the pages of the memory-mapped weights that were read; the
-        // prediction leaves them out, since the kernel can drop them under pressure.
-        let mapped: u64 = checkpoint
-            .weights()
-            .files()
-            .iter()
-            .filter_map(|f| std::fs::metadata(f).ok())
-            .map(|m| m.len())
-            .sum();
+        // The peak counts whatever pages of the memory-mapped weights were resident at the
+        // time; converted tensors release theirs (WeightStore::release), so they are not
+        // part of the prediction.
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
-            "peak memory {:.0} MiB resident, of which up to {:.0} MiB the memory-mapped weights \
-             (predicted besides them: {:.0} MiB); total loss {loss:.4}",
+            "peak memory {:.0} MiB resident (predicted: {:.0} MiB); total loss {loss:.4}",
             mib(peak),
-            mib(mapped),
             mib(memory.peak)
         );
     }

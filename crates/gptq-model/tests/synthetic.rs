@@ -1232,3 +1232,46 @@ fn recycled_buffers_do_not_change_results() {
         assert_eq!(first, third);
     }
 }
+
+/// This process's resident file-backed memory in KiB (Linux's `RssFile`).
+#[cfg(target_os = "linux")]
+fn resident_file_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A converted tensor's mapped pages leave the resident set, and read back the same bytes.
+#[test]
+fn converted_tensors_do_not_stay_resident() {
+    let dir = TempDir::new("release");
+    let (rows, cols) = (4096, 4096); // 64 MiB of f32
+    let values: Vec<f32> = (0..rows * cols).map(|i| (i % 251) as f32 / 251.0).collect();
+    let mut tensors = std::collections::BTreeMap::new();
+    tensors.insert("big".to_string(), (vec![rows, cols], values));
+    write_safetensors(&dir.path().join("model.safetensors"), &tensors, Dtype::F32);
+    let store = gptq_model::weights::WeightStore::open(dir.path()).unwrap();
+    let raw_sum = |store: &gptq_model::weights::WeightStore| -> u64 {
+        store
+            .raw("big")
+            .unwrap()
+            .data
+            .iter()
+            .map(|&b| u64::from(b))
+            .sum()
+    };
+    let first = raw_sum(&store); // every page read: resident
+    #[cfg(target_os = "linux")]
+    let before = resident_file_kib();
+    let copy = store.load_matrix("big", rows, cols).unwrap();
+    #[cfg(target_os = "linux")]
+    {
+        let after = resident_file_kib();
+        assert!(
+            after + 60 * 1024 <= before,
+            "RssFile {before} KiB before the conversion, {after} KiB after"
+        );
+    }
+    assert_eq!(raw_sum(&store), first, "the same bytes read back");
+    assert_eq!(copy, store.load_matrix("big", rows, cols).unwrap());
+}
