@@ -131,9 +131,13 @@ pub struct Args {
     /// Calibration sequences per forward batch.
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
-    /// Largest safetensors shard, in MiB.
-    #[arg(long, default_value_t = 4096, allow_negative_numbers = true)]
-    max_shard_mib: u64,
+    /// Largest safetensors shard, as transformers writes it: 5GB (10^9 bytes), 500MB,
+    /// 4GiB (2^30)... Larger outputs are sharded with an index.
+    #[arg(long, value_name = "SIZE", default_value = "5GB", value_parser = parse_size)]
+    max_shard_size: u64,
+    /// Largest safetensors shard in MiB (instead of --max-shard-size).
+    #[arg(long, conflicts_with = "max_shard_size", allow_negative_numbers = true)]
+    max_shard_mib: Option<u64>,
     /// Replace the output directory if it exists.
     #[arg(long)]
     overwrite: bool,
@@ -153,17 +157,14 @@ impl Args {
     fn options(&self, threads: usize) -> CliResult<PipelineOptions> {
         for (flag, value) in [
             ("--batch", self.batch as u64),
-            ("--max-shard-mib", self.max_shard_mib),
+            ("--max-shard-mib", self.max_shard_mib.unwrap_or(1)),
         ] {
             if value == 0 {
                 return Err(format!("{flag} must be at least 1"));
             }
         }
-        if self.max_shard_mib > 1 << 30 {
-            return Err(format!(
-                "--max-shard-mib {} is more than a safetensors file can hold sensibly (1 PiB)",
-                self.max_shard_mib
-            ));
+        if self.max_shard_mib.is_some_and(|m| m > 1 << 30) {
+            return Err("--max-shard-mib is more than a shard can sensibly hold (1 PiB)".into());
         }
         let group_size =
             GroupSize::from_reference_int(self.group_size).map_err(|e| e.to_string())?;
@@ -267,7 +268,7 @@ fn quantize<B: Backend>(
     let checkpoint = crate::open_checkpoint(&args.model)?;
     gptq_pipeline::check_model(&checkpoint, options).map_err(|e| e.to_string())?;
     let write = WriteOptions {
-        max_shard_bytes: args.max_shard_mib << 20,
+        max_shard_bytes: args.max_shard_mib.map_or(args.max_shard_size, |m| m << 20),
         overwrite: args.overwrite,
     };
     for line in clean_interrupted_runs(&args.out) {
@@ -520,4 +521,56 @@ fn check_report_path(path: &Path) -> CliResult {
         let _ = std::fs::remove_file(path);
     }
     Ok(())
+}
+
+/// A shard size as transformers' `max_shard_size` spells it: a number of bytes with an optional
+/// unit, decimal (KB, MB, GB, TB: powers of 1000) or binary (KiB, MiB, GiB, TiB); at least 1 MB
+/// and at most 1 PiB.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        "KIB" => 1 << 10,
+        "MIB" => 1 << 20,
+        "GIB" => 1 << 30,
+        "TIB" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}`: use e.g. 5GB, 500MB or 4GiB"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size: use e.g. 5GB, 500MB or 4GiB"))?;
+    let bytes = value * scale as f64;
+    if !(1e6..=(1u64 << 50) as f64).contains(&bytes) {
+        return Err(format!("`{text}` is outside 1MB to 1PiB"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn shard_sizes_read_as_transformers_writes_them() {
+        assert_eq!(parse_size("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("1.5 gb"), Ok(1_500_000_000));
+        assert_eq!(parse_size("2000000"), Ok(2_000_000));
+        for bad in ["", "5XB", "GB", "0GB", "10KB", "-1GB", "2PB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -435,6 +435,13 @@ fn flags_and_paths_that_cannot_work_are_refused_before_the_work() {
     ] {
         one_line_error(&quantize(&dir, &out, flags), expected);
     }
+    let small = quantize(&dir, &out, &["--max-shard-size", "10KB"]);
+    assert!(!small.status.success());
+    assert!(
+        stderr(&small).contains("outside 1MB to 1PiB"),
+        "{}",
+        stderr(&small)
+    );
     let model = tiny_model(&dir);
     let mut args = quantize_args(&dir, &model, &out, &[]);
     let calib = args.iter().position(|a| a == "--calib").unwrap() + 1;
