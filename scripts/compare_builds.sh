@@ -3,7 +3,7 @@
 # their checkpoints are bit-identical (sha256 of the safetensors files) and how long each took.
 #
 # Usage: scripts/compare_builds.sh OLD_GPTQ NEW_GPTQ OUT_DIR [MODE:CONFIG ...]
-#   MODE: f32 | bf16 (--products bf16 --hessian bf16) | int8 (--products int8 --hessian bf16)
+#   MODE: f32 (--products f32 --hessian f32) | bf16 (--products bf16 --hessian bf16) | int8 (--products int8 --hessian bf16)
 #   CONFIG: w4g128-asym w3g128-asym w4g128-asym-actorder w3g128-asym-actorder w4g64-sym
 #   (default: every configuration in f32). EXTRA="--nsamples 8" adds flags to every run.
 # Needs ../shared; makes the SmolLM2 checkpoint directory if missing. Each run's checkpoint is
@@ -40,7 +40,8 @@ for job in "${jobs[@]}"; do
   mode=${job%%:*} name=${job#*:}
   [ -n "${configs[$name]:-}" ] || { echo "unknown configuration $name" >&2; exit 2; }
   case $mode in
-    f32) flags=();;
+    # Explicit, since builds after 2026-12-04 choose by the CPU by default (auto).
+    f32) flags=(--products f32 --hessian f32);;
     bf16) flags=(--products bf16 --hessian bf16);;
     int8) flags=(--products int8 --hessian bf16);;
     *) echo "unknown mode $mode" >&2; exit 2;;

@@ -43,14 +43,15 @@ echo "torch wall time $((SECONDS - start)) s (quantize + evaluate)"
 # in gptq-rs's own default (true-sequential), which is what a user runs; last, true-sequential
 # with bf16 calibration products (AVX512-BF16 kernels where the CPU has them), then with int8
 # products for the quantized linears (AVX512-VNNI kernels).
-runs=("${order[*]}")
+# The f32 runs say so: the default (auto) takes the fastest kernels the CPU has.
+runs=("${order[*]} --products f32 --hessian f32")
 if [[ ${#order[@]} -gt 0 ]]; then
-  runs+=("")
+  runs+=("--products f32 --hessian f32")
 fi
 runs+=("--products bf16 --hessian bf16" "--products int8 --hessian bf16")
 for flags in "${runs[@]}"; do
   case $flags in
-    --no-true-sequential) name=w3g128-asym-no-true-sequential ;;
+    --no-true-sequential*) name=w3g128-asym-no-true-sequential ;;
     "--products bf16"*) name=w3g128-asym-bf16 ;;
     "--products int8"*) name=w3g128-asym-int8 ;;
     *) name=w3g128-asym ;;

@@ -15,7 +15,9 @@ pub struct Args {
     /// Model directory (full precision or GPTQ).
     #[arg(long)]
     model: PathBuf,
-    /// Text file: tokenized whole, cut into consecutive windows.
+    /// Text file: tokenized whole, cut into consecutive windows; or a .json of token-id windows
+    /// ({"windows": [[...], ...]}, as `--calib` takes), joined and cut the same way (no
+    /// tokenizer needed).
     #[arg(long)]
     text: PathBuf,
     /// Tokens per window.
@@ -43,16 +45,23 @@ fn evaluate(args: &Args, threads: usize) -> CliResult {
     let checkpoint = crate::open_checkpoint(&args.model)?;
     if !args.text.is_file() {
         return Err(format!(
-            "text file {} not found: pass --text with a UTF-8 text file",
+            "text file {} not found: pass --text with a UTF-8 text file or token-id .json",
             args.text.display()
         ));
     }
     // The text is tokenized and cut into windows before the model is loaded, so that a text
     // too short for one window fails at once.
-    let tokenizer = checkpoint.load_tokenizer().map_err(|e| e.to_string())?;
-    let tokens = tokenizer
-        .encode_file(&args.text, false)
-        .map_err(|e| e.to_string())?;
+    let tokens = if args.text.extension().is_some_and(|e| e == "json") {
+        let windows =
+            gptq_model::calib::load_calib_json(&args.text, checkpoint.config().vocab_size)
+                .map_err(|e| e.to_string())?;
+        windows.concat()
+    } else {
+        let tokenizer = checkpoint.load_tokenizer().map_err(|e| e.to_string())?;
+        tokenizer
+            .encode_file(&args.text, false)
+            .map_err(|e| e.to_string())?
+    };
     let total = gptq_model::eval_windows(&tokens, args.seqlen, args.windows)
         .map_err(|e| e.in_file(&args.text).to_string())?
         .len() as u64;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use gptq_pipeline::{Event, Progress};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{HumanDuration, ProgressBar, ProgressState, ProgressStyle};
 
 /// How often a log (standard error not a terminal) gets a progress line while a stage runs.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -33,15 +33,28 @@ struct LogStage {
 
 impl LogStage {
     fn print(&mut self) {
+        let elapsed = self.started.elapsed();
         eprintln!(
-            "{}: {}/{} ({:.0} s)",
+            "{}: {}/{} ({:.0} s{})",
             self.name,
             self.position,
             self.total,
-            self.started.elapsed().as_secs_f64()
+            elapsed.as_secs_f64(),
+            time_left(elapsed, self.position, self.total)
+                .map_or(String::new(), |left| format!(", {left}"))
         );
         self.printed = Instant::now();
     }
+}
+
+/// "about 3m 20s left", from the mean time of the `done` steps so far; `None` before the first
+/// step ends and after the last.
+fn time_left(elapsed: Duration, done: u64, total: u64) -> Option<String> {
+    if done == 0 || done >= total {
+        return None;
+    }
+    let left = elapsed.mul_f64((total - done) as f64 / done as f64);
+    Some(format!("about {} left", HumanDuration(left)))
 }
 
 impl Bars {
@@ -85,9 +98,18 @@ impl Bars {
         let bar = ProgressBar::new(total);
         bar.set_style(
             ProgressStyle::with_template(
-                "{prefix:>26} [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+                "{prefix:>26} [{bar:30}] {pos}/{len} {elapsed_precise}{left} {msg}",
             )
             .expect("valid template")
+            .with_key(
+                "left",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let total = state.len().unwrap_or(0);
+                    if let Some(left) = time_left(state.elapsed(), state.pos(), total) {
+                        let _ = write!(w, " ({left})");
+                    }
+                },
+            )
             .progress_chars("=> "),
         );
         bar.set_prefix(name);
@@ -145,5 +167,25 @@ impl Progress for Bars {
             // Advances and messages with no stage running; messages repeat the position in logs.
             (_, Event::Advance(_) | Event::Message(_)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_is_the_mean_step_times_the_steps_left() {
+        let elapsed = Duration::from_secs(60);
+        assert_eq!(time_left(elapsed, 0, 16), None);
+        assert_eq!(time_left(elapsed, 16, 16), None);
+        assert_eq!(
+            time_left(elapsed, 1, 16).as_deref(),
+            Some("about 15 minutes left")
+        );
+        assert_eq!(
+            time_left(elapsed, 3, 4).as_deref(),
+            Some("about 20 seconds left")
+        );
     }
 }

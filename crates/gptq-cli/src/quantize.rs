@@ -27,6 +27,8 @@ enum Device {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Precision {
+    /// bf16 where the CPU has AVX512-BF16, f32 otherwise.
+    Auto,
     /// f32 products and sums.
     F32,
     /// f64 products and sums.
@@ -37,6 +39,8 @@ enum Precision {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Products {
+    /// int8 where the CPU has AVX512-VNNI and AVX512-BF16, f32 otherwise.
+    Auto,
     /// f32 operands and sums.
     F32,
     /// Operands rounded to bf16, sums in f32 (fast on CPUs with AVX512-BF16).
@@ -118,15 +122,17 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Precision of the Hessian products: f32 (the reference's, twice as fast as f64), f64, or
-    /// bf16-rounded activations summed in f32 (twice as fast again on CPUs with AVX512-BF16).
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    /// bf16-rounded activations summed in f32 (twice as fast again on CPUs with AVX512-BF16);
+    /// auto takes bf16 where the CPU has its kernels and f32 elsewhere.
+    #[arg(long, value_enum, default_value_t = Precision::Auto)]
     hessian: Precision,
     /// Precision of the products in the calibration forward passes (CPU): f32; bf16-rounded
     /// operands summed in f32 for the linears and attention (twice as fast on CPUs with
     /// AVX512-BF16); or int8, which multiplies the quantized linears' codes by activations
     /// rounded to 8 bits per 128 inputs (twice as fast again on CPUs with AVX512-VNNI) and
-    /// computes the rest as bf16.
-    #[arg(long, value_enum, default_value_t = Products::F32)]
+    /// computes the rest as bf16. auto takes int8 where the CPU has AVX512-VNNI and AVX512-BF16
+    /// and f32 elsewhere.
+    #[arg(long, value_enum, default_value_t = Products::Auto)]
     products: Products,
     /// Calibration sequences per forward batch.
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
@@ -154,6 +160,25 @@ pub struct Args {
 }
 
 impl Args {
+    /// `--hessian` and `--products` with `auto` resolved for the CPU this runs on (a GPU computes
+    /// both in f32).
+    fn precisions(&self) -> (HessianPrecision, ProductPrecision) {
+        let cpu = self.device == Device::Cpu;
+        let hessian = match self.hessian {
+            Precision::Auto if cpu => gptq_linalg::fastest_hessian(),
+            Precision::Auto | Precision::F32 => HessianPrecision::F32,
+            Precision::F64 => HessianPrecision::F64,
+            Precision::Bf16 => HessianPrecision::Bf16,
+        };
+        let products = match self.products {
+            Products::Auto if cpu => ProductPrecision::fastest(),
+            Products::Auto | Products::F32 => ProductPrecision::F32,
+            Products::Bf16 => ProductPrecision::Bf16,
+            Products::Int8 => ProductPrecision::Int8,
+        };
+        (hessian, products)
+    }
+
     fn options(&self, threads: usize) -> CliResult<PipelineOptions> {
         for (flag, value) in [
             ("--batch", self.batch as u64),
@@ -182,11 +207,7 @@ impl Args {
         } else {
             SolveOptions::default()
         };
-        solve.hessian.precision = match self.hessian {
-            Precision::F32 => HessianPrecision::F32,
-            Precision::F64 => HessianPrecision::F64,
-            Precision::Bf16 => HessianPrecision::Bf16,
-        };
+        solve.hessian.precision = self.precisions().0;
         Ok(PipelineOptions {
             config,
             solve,
@@ -207,33 +228,13 @@ pub fn run(args: Args) -> CliResult {
     let options = args.options(threads)?;
     match args.device {
         Device::Cpu => {
-            let (bf16, int8) = (
-                args.products == Products::Bf16,
-                args.products == Products::Int8,
-            );
-            let any_bf16 = bf16 || int8 || args.hessian == Precision::Bf16;
-            if any_bf16 && !gptq_linalg::bf16::kernels_available() {
-                eprintln!(
-                    "note: this CPU lacks AVX512-BF16: the bf16 products run as rounded f32 \
-                     products (the same results, no faster)"
-                );
-            }
-            if int8 && !gptq_linalg::int8::kernels_available() {
-                eprintln!(
-                    "note: this CPU lacks AVX512-VNNI: the int8 products run as f32 products of \
-                     the rounded activations (the same results, slower)"
-                );
-            }
-            let precision = match args.products {
-                Products::F32 => ProductPrecision::F32,
-                Products::Bf16 => ProductPrecision::Bf16,
-                Products::Int8 => ProductPrecision::Int8,
-            };
+            let (hessian, precision) = args.precisions();
+            let notes = kernel_notes(&args, hessian, precision);
             let backend = CpuBackend::with_threads(threads);
             let compute = Compute::cpu(precision, options.par());
-            pool.install(|| quantize(&args, &options, &backend, compute))
+            pool.install(|| quantize(&args, &options, &backend, compute, &notes))
         }
-        Device::Cuda if args.products != Products::F32 => Err(format!(
+        Device::Cuda if !matches!(args.products, Products::F32 | Products::Auto) => Err(format!(
             "--products {} is a CPU option: with --device cuda the GPU runs the products in f32",
             args.products
                 .to_possible_value()
@@ -249,7 +250,7 @@ fn cuda(args: &Args, options: &PipelineOptions, pool: &rayon::ThreadPool) -> Cli
     // The linears' products of the calibration forward passes on the GPU too (attention and
     // the element-wise work stay on the CPU).
     let compute = Compute::new(options.par()).with_products(&backend);
-    pool.install(|| quantize(args, options, &backend, compute))
+    pool.install(|| quantize(args, options, &backend, compute, &[]))
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -257,11 +258,49 @@ fn cuda(_: &Args, _: &PipelineOptions, _: &rayon::ThreadPool) -> CliResult {
     Err("this gptq was built without CUDA support: rebuild with `cargo build --release -p gptq-cli --features cuda`".into())
 }
 
+/// What the CPU computes in, and where it falls back from a missing kernel: printed once the
+/// inputs are checked, so that a mistake in them stays a one-line error.
+fn kernel_notes(
+    args: &Args,
+    hessian: HessianPrecision,
+    precision: ProductPrecision,
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    let any_bf16 = precision != ProductPrecision::F32 || hessian == HessianPrecision::Bf16;
+    if any_bf16 && !gptq_linalg::bf16::kernels_available() {
+        notes.push(
+            "note: this CPU lacks AVX512-BF16: the bf16 products run as rounded f32 products \
+             (the same results, no faster)"
+                .to_string(),
+        );
+    }
+    if precision == ProductPrecision::Int8 && !gptq_linalg::int8::kernels_available() {
+        notes.push(
+            "note: this CPU lacks AVX512-VNNI: the int8 products run as f32 products of the \
+             rounded activations (the same results, slower)"
+                .to_string(),
+        );
+    }
+    let auto = args.products == Products::Auto || args.hessian == Precision::Auto;
+    notes.push(format!(
+        "computing forward products in {} and Hessians in {}{}",
+        precision.name(),
+        hessian_name(hessian),
+        if auto {
+            " (auto: the fastest kernels this CPU has)"
+        } else {
+            ""
+        }
+    ));
+    notes
+}
+
 fn quantize<B: Backend>(
     args: &Args,
     options: &PipelineOptions,
     backend: &B,
     compute: Compute<'_>,
+    notes: &[String],
 ) -> CliResult {
     let start = Instant::now();
     let mut bars = Bars::new();
@@ -320,6 +359,9 @@ fn quantize<B: Backend>(
         None => 0,
     };
     check_free_space(&args.out, size + state).map_err(|e| e.to_string())?;
+    for note in notes {
+        eprintln!("{note}");
+    }
     let memory =
         MemoryEstimate::new(checkpoint.config(), &lens, options).map_err(|e| e.to_string())?;
     let system = SystemMemory::read();
@@ -386,11 +428,14 @@ fn quantize<B: Backend>(
         samples: samples.len(),
         tokens: model.tokens,
         backend: run_name(backend, &compute),
+        products: compute.precision().to_string(),
+        hessian: hessian_name(options.solve.hessian.precision).to_string(),
         totals: Totals {
             modules: model.modules.len(),
             loss,
             seconds,
             stages: model.times,
+            layer_seconds: model.layer_seconds.clone(),
             peak_memory_bytes: peak_memory_bytes(),
             predicted_memory: Some(memory),
         },
@@ -437,6 +482,15 @@ fn quantize<B: Backend>(
             .map_err(|e| format!("cannot write the report {}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+/// `"f32"`, `"f64"` or `"bf16"`, as `--hessian` spells it.
+fn hessian_name(precision: HessianPrecision) -> &'static str {
+    match precision {
+        HessianPrecision::F32 => "f32",
+        HessianPrecision::F64 => "f64",
+        HessianPrecision::Bf16 => "bf16",
+    }
 }
 
 /// What differs from what the flags asked for: fewer samples than `--nsamples`, or token-id

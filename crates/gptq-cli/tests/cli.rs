@@ -495,3 +495,36 @@ fn bf16_and_int8_products_run_and_are_recorded() {
         assert!(!dir.join("q2").exists());
     }
 }
+
+#[test]
+fn default_products_are_the_fastest_kernels_and_are_recorded() {
+    let dir = scratch("auto");
+    let report = dir.join("report.json");
+    let run = quantize_tiny(&dir, 13, "q", &["--report", report.to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    // What the CPU's flags say the kernels need, read independently of the kernels' own check
+    // (none off x86-64 Linux).
+    let has = |flags: &[&str]| gptq_core::testing::cpu_has(flags).unwrap_or(false);
+    let bf16 = has(&["avx512f", "avx512bw", "avx512_bf16"]);
+    let vnni = has(&["avx512f", "avx512bw", "avx512_vnni"]);
+    let (products, hessian) = match (bf16, vnni) {
+        (true, true) => ("int8", "bf16"),
+        (true, false) => ("f32", "bf16"),
+        _ => ("f32", "f32"),
+    };
+    assert_eq!(report["products"], products, "{report}");
+    assert_eq!(report["hessian"], hessian, "{report}");
+    let said = format!("computing forward products in {products} and Hessians in {hessian} (auto");
+    assert!(stderr(&run).contains(&said), "{}", stderr(&run));
+
+    // f32 stays selectable, and then nothing says auto.
+    let run = quantize_tiny(&dir, 13, "q32", &["--products", "f32", "--hessian", "f32"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("computing forward products in f32 and Hessians in f32\n"),
+        "{}",
+        stderr(&run)
+    );
+}

@@ -47,7 +47,7 @@ mod matmul;
 pub mod reference;
 mod transpose;
 
-pub use compute::{CpuCompute, ProductPrecision};
+pub use compute::{CpuCompute, ProductPrecision, fastest_hessian};
 pub use factor::{InverseFactor, damped_inverse_factor};
 pub use faer::Par;
 pub use hessian::{CpuHessianAccumulator, Hessian};

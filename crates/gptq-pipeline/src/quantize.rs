@@ -166,10 +166,12 @@ pub fn quantize_model<B: Backend>(
         name,
         total: (layers - first_layer) as u64,
     });
+    let mut layer_seconds = Vec::with_capacity(layers - first_layer);
     for index in first_layer..layers {
         progress.event(Event::Message(format!("layer {}/{layers}", index + 1)));
         let done_before = run.linears.len();
         let t = Instant::now();
+        let layer_start = t;
         let mut layer = checkpoint.load_layer(index)?;
         let mut forward = t.elapsed().as_secs_f64();
         // Nothing reads the last layer's output (the pipeline stops before the final norm).
@@ -201,6 +203,7 @@ pub fn quantize_model<B: Backend>(
             resume.save(index, done, next_input, &run.modules, &run.times)?;
             run.times.write += t.elapsed().as_secs_f64();
         }
+        layer_seconds.push(layer_start.elapsed().as_secs_f64());
         progress.event(Event::Advance(1));
     }
     progress.event(Event::StageDone);
@@ -213,6 +216,7 @@ pub fn quantize_model<B: Backend>(
         modules: run.modules,
         times: run.times,
         resumed,
+        layer_seconds,
         format: run.format,
         warnings,
         tokens: samples.iter().map(Vec::len).sum(),

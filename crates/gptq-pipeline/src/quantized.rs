@@ -38,6 +38,9 @@ pub struct QuantizedModel {
     pub times: StageTimes,
     /// What an interrupted run had done when this one resumed it, if it did.
     pub resumed: Option<Resumed>,
+    /// Wall time of each decoder layer this run quantized (a resumed run's first layers are
+    /// the interrupted runs'), loading its weights and saving the run state included.
+    pub layer_seconds: Vec<f64>,
     /// The format the tensors are packed in.
     pub format: CheckpointFormat,
     /// Warnings raised.

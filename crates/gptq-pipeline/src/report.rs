@@ -64,6 +64,8 @@ pub struct Totals {
     pub seconds: f64,
     /// Where the time went.
     pub stages: StageTimes,
+    /// Wall time of each decoder layer quantized by this run, in order.
+    pub layer_seconds: Vec<f64>,
     /// Peak resident memory of the process (Linux `VmHWM`, which also counts the pages of the
     /// memory-mapped model that were read), if known.
     pub peak_memory_bytes: Option<u64>,
@@ -88,6 +90,10 @@ pub struct RunReport {
     pub tokens: usize,
     /// Backend that solved.
     pub backend: String,
+    /// Precision of the calibration forward passes' products (`f32`, `bf16` or `int8`).
+    pub products: String,
+    /// Precision of the Hessian sums (`f32`, `f64` or `bf16`).
+    pub hessian: String,
     /// Per module.
     pub modules: Vec<ModuleReport>,
     /// Totals.
